@@ -1,0 +1,34 @@
+"""cola_opt: Chain of LoRA (Xia, Qin and Hazan 2024, arXiv 2401.04151) as a residual low-rank optimizer."""
+
+from .core import (
+    FullReset,
+    KeepState,
+    KnotRecord,
+    NonFiniteUpdateError,
+    PruneState,
+    ResetPolicy,
+    ResidualLowRankOptimizer,
+    make_reset_policy,
+)
+from .schedules import epoch_knots, step_down_ranks, uniform_knots, validate_knots
+from .sites import Site, TensorSite, reinit_factors_
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FullReset",
+    "KeepState",
+    "KnotRecord",
+    "NonFiniteUpdateError",
+    "PruneState",
+    "ResetPolicy",
+    "ResidualLowRankOptimizer",
+    "Site",
+    "TensorSite",
+    "epoch_knots",
+    "make_reset_policy",
+    "reinit_factors_",
+    "step_down_ranks",
+    "uniform_knots",
+    "validate_knots",
+]

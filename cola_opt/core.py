@@ -1,0 +1,405 @@
+"""The chain loop: :class:`ResidualLowRankOptimizer`.
+
+One chain of residual low-rank links (Xia, Qin and Hazan 2024, "Chain of LoRA",
+Algorithm 1). Link ``k`` trains the factors of every site with an inner
+``torch.optim`` optimizer; a *knot* then
+
+1. merges each site's update into its base weight,
+   ``W <- W + step_size * (Delta - shrink * (W - W0))`` with
+   ``Delta = scaling * B @ A``, formed in float32 and cast once;
+2. refuses, before touching any weight, an update that is not finite;
+3. re-initialises the factors (``A`` Kaiming-uniform, ``B`` zeros), optionally at a
+   new rank;
+4. resets the inner optimizer's state for the factors (full, pruned, or kept);
+5. records the link index, the step and the knot's wall time.
+
+COLA is ``step_size = 1, shrink = 0`` with knots at chosen steps; Frank-Wolfe on a
+constraint set is ``shrink = 1`` with ``step_size = gamma_t`` (DESIGN §2). The same
+object drives an LLM fine-tuning loop (sites over PEFT layers) and the toy problems
+(sites over tensors).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .schedules import validate_knots
+from .sites import Site
+
+__all__ = [
+    "NonFiniteUpdateError",
+    "KnotRecord",
+    "ResetPolicy",
+    "FullReset",
+    "KeepState",
+    "PruneState",
+    "make_reset_policy",
+    "ResidualLowRankOptimizer",
+]
+
+
+class NonFiniteUpdateError(FloatingPointError):
+    """A knot was asked to merge a NaN or inf; no weight was changed."""
+
+
+@dataclass
+class KnotRecord:
+    """What one knot did.
+
+    Attributes:
+        link: 0-based index of the link that was merged.
+        step: inner-optimizer steps done when the knot was tied.
+        seconds: wall time of the whole knot (merge, re-init, reset), in seconds.
+        step_size: ``gamma`` used in the merge.
+        shrink: coefficient of ``X = W - W0`` in the merge.
+        rank: rank of the merged link (the largest over sites).
+        next_rank: rank of the link that starts after the knot.
+        max_abs_update: largest absolute entry merged, over all sites (float32).
+    """
+
+    link: int
+    step: int
+    seconds: float
+    step_size: float
+    shrink: float
+    rank: int
+    next_rank: int
+    max_abs_update: float
+
+
+# --------------------------------------------------------------------- reset policies
+class ResetPolicy:
+    """What a knot does to the inner optimizer's state of the factor Parameters."""
+
+    def __call__(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter]) -> None:
+        raise NotImplementedError
+
+
+class FullReset(ResetPolicy):
+    """Drop all state (COLA): the next link starts like a fresh optimizer.
+
+    State is looked up by the Parameter object itself, never by name (the trap of
+    axolotl #1414, where a by-name lookup reset nothing).
+    """
+
+    def __call__(self, optimizer, params):
+        for p in params:
+            optimizer.state.pop(p, None)
+
+    def __repr__(self) -> str:
+        return "full"
+
+
+class KeepState(ResetPolicy):
+    """Keep the state (an ablation). State whose shape no longer fits is dropped."""
+
+    def __call__(self, optimizer, params):
+        for p in params:
+            st = optimizer.state.get(p)
+            if st and any(torch.is_tensor(v) and v.ndim and v.shape != p.shape for v in st.values()):
+                optimizer.state.pop(p, None)
+
+    def __repr__(self) -> str:
+        return "keep"
+
+
+class PruneState(ResetPolicy):
+    """Zero a fraction of every state tensor (ReLoRA, Lialin et al. 2023, Section 3).
+
+    Args:
+        ratio: fraction in ``[0, 1]`` of each tensor's entries set to zero.
+        mode: ``"magnitude"`` zeros the smallest ``|entries|``; ``"random"`` zeros a
+            uniformly random subset (drawn from ``generator``).
+
+    Raises:
+        ValueError: on a ratio outside ``[0, 1]`` or an unknown mode.
+    """
+
+    def __init__(self, ratio: float, mode: str = "magnitude", generator: torch.Generator | None = None) -> None:
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"prune ratio {ratio} must be in [0, 1]")
+        if mode not in ("magnitude", "random"):
+            raise ValueError(f"prune mode {mode!r} must be 'magnitude' or 'random'")
+        self.ratio, self.mode, self.generator = ratio, mode, generator
+
+    @torch.no_grad()
+    def __call__(self, optimizer, params):
+        for p in params:
+            st = optimizer.state.get(p)
+            if not st:
+                continue
+            if any(torch.is_tensor(v) and v.ndim and v.shape != p.shape for v in st.values()):
+                optimizer.state.pop(p, None)  # the rank changed: nothing to keep
+                continue
+            for v in st.values():
+                if not (torch.is_tensor(v) and v.ndim and v.is_floating_point()):
+                    continue  # the step counter and scalars stay
+                k = int(self.ratio * v.numel())
+                if k == 0:
+                    continue
+                if self.mode == "magnitude":
+                    cut = v.abs().flatten().kthvalue(k).values
+                    v.masked_fill_(v.abs() <= cut, 0.0)
+                else:
+                    drop = torch.rand(v.shape, generator=self.generator).to(v.device) < self.ratio
+                    v.masked_fill_(drop, 0.0)
+
+    def __repr__(self) -> str:
+        return f"prune:{self.ratio}:{self.mode}"
+
+
+def make_reset_policy(spec: str | ResetPolicy) -> ResetPolicy:
+    """Parse ``"full"``, ``"keep"``, ``"prune:<ratio>"`` or ``"prune:<ratio>:random"``.
+
+    Raises:
+        ValueError: on any other string, naming it.
+    """
+    if isinstance(spec, ResetPolicy):
+        return spec
+    if spec == "full":
+        return FullReset()
+    if spec == "keep":
+        return KeepState()
+    parts = spec.split(":") if isinstance(spec, str) else []
+    if parts and parts[0] == "prune" and len(parts) in (2, 3):
+        try:
+            ratio = float(parts[1])
+        except ValueError:
+            raise ValueError(f"optimizer reset {spec!r}: {parts[1]!r} is not a number") from None
+        return PruneState(ratio, parts[2] if len(parts) == 3 else "magnitude")
+    raise ValueError(f"unknown optimizer reset {spec!r}; use 'full', 'keep', 'prune:<ratio>' or 'prune:<ratio>:random'")
+
+
+# --------------------------------------------------------------------- the chain
+class ResidualLowRankOptimizer:
+    """A chain of rank-r residual links over a set of sites.
+
+    It wraps an inner ``torch.optim`` optimizer over the current link's factors and
+    ties knots on a schedule (or when :meth:`tie_knot` is called). Use it like an
+    optimizer: ``loss.backward(); chain.step(); chain.zero_grad()``. LR schedulers
+    attach to :attr:`optimizer`, the inner optimizer.
+
+    Args:
+        sites: the sites of the chain (at least one); their factors must be in
+            ``optimizer``.
+        optimizer: the inner optimizer. It may also hold other Parameters (biases,
+            say), which knots leave alone. ``None`` builds ``torch.optim.AdamW`` over
+            the factors with ``lr``.
+        knot_steps: strictly increasing optimizer-step indices after which a knot is
+            tied (see :mod:`cola_opt.schedules`). Empty means one link: plain LoRA.
+        ranks: rank of each link, ``len(knot_steps) + 1`` entries; link 0 keeps the
+            sites' current rank, so ``ranks[0]`` must equal it. ``None`` keeps the rank.
+        step_size: ``gamma`` of the merge, a number or ``f(t) -> float`` of the 0-based
+            link index. COLA uses 1.
+        shrink: coefficient of ``X = W - W0`` in the merge; 0 for COLA, 1 for
+            Frank-Wolfe on a constraint set. Nonzero needs sites with ``keep_initial``.
+        reset: optimizer policy at a knot: ``"full"`` (COLA), ``"keep"``,
+            ``"prune:<ratio>"`` (ReLoRA) or a :class:`ResetPolicy`.
+        seed: seeds the re-initialisation of ``A``: link ``k``'s draw for site ``i`` is
+            a function of ``(seed, k, i)`` only, identical on every process and after a
+            resume.
+        lr: learning rate of the default AdamW.
+
+    Raises:
+        ValueError: on no sites, factors missing from ``optimizer``, bad knot steps,
+            a ``ranks`` list of the wrong length or with a bad rank, a bad ``reset``.
+    """
+
+    def __init__(
+        self,
+        sites: Iterable[Site],
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        knot_steps: Sequence[int] = (),
+        ranks: Sequence[int] | None = None,
+        step_size: float | Callable[[int], float] = 1.0,
+        shrink: float = 0.0,
+        reset: str | ResetPolicy = "full",
+        seed: int = 0,
+        lr: float = 1e-3,
+    ) -> None:
+        self.sites: list[Site] = list(sites)
+        if not self.sites:
+            raise ValueError("a chain needs at least one site")
+        self.knot_steps = validate_knots(knot_steps)
+        if ranks is not None:
+            ranks = tuple(int(r) for r in ranks)
+            if len(ranks) != len(self.knot_steps) + 1:
+                raise ValueError(f"ranks {list(ranks)} must have one entry per link: {len(self.knot_steps) + 1}")
+            if any(r < 1 for r in ranks):
+                raise ValueError(f"ranks {list(ranks)} must all be >= 1")
+            current = {s.rank for s in self.sites}
+            if current != {ranks[0]}:
+                raise ValueError(f"ranks[0] = {ranks[0]} must equal the sites' current rank {sorted(current)}")
+            for s in self.sites:
+                if max(ranks) > min(s.shape):
+                    raise ValueError(f"rank {max(ranks)} exceeds site {s.name!r} of shape {s.shape}")
+        self.ranks = ranks
+        if shrink != 0.0:
+            missing = [s.name for s in self.sites if s._initial is None]
+            if missing:
+                raise ValueError(f"shrink={shrink} needs W0, but sites {missing[:3]} were built without keep_initial")
+        self.step_size = step_size
+        self.shrink = float(shrink)
+        self.reset_policy = make_reset_policy(reset)
+        self.seed = int(seed)
+        if optimizer is None:
+            optimizer = torch.optim.AdamW(self.factor_parameters(), lr=lr, weight_decay=0.0)
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        absent = [s.name for s in self.sites for p in s.factors() if id(p) not in held]
+        if absent:
+            raise ValueError(f"the inner optimizer does not hold the factors of sites {absent[:3]}")
+        self.optimizer = optimizer
+        self.step_count = 0
+        self.link = 0
+        self.knots: list[KnotRecord] = []
+
+    # ------------------------------------------------------------------ optimizer API
+    def factor_parameters(self) -> list[torch.nn.Parameter]:
+        """All sites' current factors ``[B_0, A_0, B_1, A_1, ...]``."""
+        return [p for s in self.sites for p in s.factors()]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the inner optimizer's gradients."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One inner-optimizer step; then a knot if the schedule has one here.
+
+        Returns:
+            what the inner optimizer's ``step`` returned.
+        """
+        out = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+        self.advance()
+        return out
+
+    def advance(self) -> KnotRecord | None:
+        """Count one optimizer step done elsewhere (an HF ``Trainer``, say); knot if due."""
+        self.step_count += 1
+        if self.step_count in self.knot_steps:
+            return self.tie_knot()
+        return None
+
+    @property
+    def chain_length(self) -> int:
+        """Number of links in the schedule: ``len(knot_steps) + 1``."""
+        return len(self.knot_steps) + 1
+
+    # ------------------------------------------------------------------ the knot
+    def current_step_size(self) -> float:
+        """``gamma`` for the current link."""
+        return float(self.step_size(self.link) if callable(self.step_size) else self.step_size)
+
+    def _generator(self, link: int, site_index: int) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + link * 10_007 + site_index) % (2**63 - 1))
+        return g
+
+    def _updates(self, step_size: float, shrink: float) -> Iterable[tuple[Site, torch.Tensor]]:
+        for site in self.sites:
+            update = site.delta()
+            if shrink != 0.0:
+                update.sub_(site.residual().to(update.device), alpha=shrink)
+            if step_size != 1.0:
+                update.mul_(step_size)
+            yield site, update
+
+    @torch.no_grad()
+    def tie_knot(self, step_size: float | None = None, shrink: float | None = None) -> KnotRecord:
+        """Merge the current link into every site, then start the next link.
+
+        Args:
+            step_size: overrides the chain's ``gamma`` for this knot.
+            shrink: overrides the chain's shrink coefficient for this knot.
+
+        Returns:
+            the :class:`KnotRecord` (also appended to :attr:`knots`).
+
+        Raises:
+            NonFiniteUpdateError: if any site's update, or its merged weight after the
+                cast, holds a NaN or inf. Nothing is merged, reset or counted then.
+        """
+        t0 = time.perf_counter()
+        gamma = self.current_step_size() if step_size is None else float(step_size)
+        rho = self.shrink if shrink is None else float(shrink)
+        if not math.isfinite(gamma) or not math.isfinite(rho):
+            raise NonFiniteUpdateError(f"knot step_size={gamma} shrink={rho} must be finite")
+        # Pass 1: check every site before changing any, so a failure leaves all intact.
+        biggest = 0.0
+        for site, update in self._updates(gamma, rho):
+            if not bool(torch.isfinite(update).all()):
+                raise NonFiniteUpdateError(
+                    f"refusing to merge link {self.link} at step {self.step_count}: the update of site "
+                    f"{site.name!r} is not finite; the weights are unchanged"
+                )
+            if not bool(torch.isfinite(site.merged_value(update)).all()):
+                raise NonFiniteUpdateError(
+                    f"refusing to merge link {self.link} at step {self.step_count}: site {site.name!r} "
+                    f"would overflow {site.weight.dtype}; the weights are unchanged"
+                )
+            biggest = max(biggest, float(update.abs().max()))
+        # Pass 2: merge (recomputed rather than held, so memory stays one site's worth).
+        for site, update in self._updates(gamma, rho):
+            site.merge(update)
+        merged_rank = max(s.rank for s in self.sites)
+        next_rank = self.ranks[self.link + 1] if self.ranks is not None and self.link + 1 < len(self.ranks) else None
+        for i, site in enumerate(self.sites):
+            site.reset_factors(next_rank, generator=self._generator(self.link + 1, i))
+        self.reset_policy(self.optimizer, self.factor_parameters())
+        record = KnotRecord(
+            link=self.link,
+            step=self.step_count,
+            seconds=time.perf_counter() - t0,
+            step_size=gamma,
+            shrink=rho,
+            rank=merged_rank,
+            next_rank=max(s.rank for s in self.sites),
+            max_abs_update=biggest,
+        )
+        self.knots.append(record)
+        self.link += 1
+        return record
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """The chain position and the inner optimizer's state.
+
+        Weights and factors belong to the model (or to the sites' tensors) and are
+        saved with it; load this *before* the model's state, so factor shapes match.
+        """
+        return {
+            "inner": self.optimizer.state_dict(),
+            "step_count": self.step_count,
+            "link": self.link,
+            "knot_steps": list(self.knot_steps),
+            "ranks": list(self.ranks) if self.ranks is not None else None,
+            "site_ranks": [s.rank for s in self.sites],
+            "seed": self.seed,
+            "knots": [asdict(k) for k in self.knots],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; resizes factors whose rank differs.
+
+        Raises:
+            ValueError: if the state belongs to a chain with another number of sites or
+                another knot schedule.
+        """
+        if len(state["site_ranks"]) != len(self.sites):
+            raise ValueError(f"state has {len(state['site_ranks'])} sites, this chain has {len(self.sites)}")
+        if list(state["knot_steps"]) != list(self.knot_steps):
+            raise ValueError(f"state knot steps {state['knot_steps']} differ from this chain's {list(self.knot_steps)}")
+        for site, r in zip(self.sites, state["site_ranks"]):
+            if site.rank != r:
+                site.reset_factors(r)
+        self.optimizer.load_state_dict(state["inner"])
+        self.step_count = int(state["step_count"])
+        self.link = int(state["link"])
+        self.seed = int(state["seed"])
+        self.knots = [KnotRecord(**k) for k in state["knots"]]

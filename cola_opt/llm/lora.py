@@ -1,0 +1,203 @@
+"""LoRA through PEFT, and chain sites over PEFT LoRA layers.
+
+PEFT injects the adapters (:func:`inject_lora`); the chain (merge, re-init, reset)
+is ours and acts through :class:`LoraSite`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..sites import Site
+
+__all__ = ["LoraSettings", "LoraSite", "inject_lora", "lora_sites", "matching_modules"]
+
+_BIAS_CHOICES = ("none", "all", "lora_only")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters; defaults follow COLA's paper (Section 5: r=8, alpha=16, q and v).
+
+    Attributes:
+        r: rank of each link, ``>= 1``.
+        lora_alpha: ``scaling = lora_alpha / r``.
+        lora_dropout: dropout probability on the LoRA input, in ``[0, 1)``.
+        target_modules: module-name suffixes to adapt (PEFT's matching: the full name
+            equals the entry or ends with ``"." + entry``).
+        bias: PEFT's ``bias``: ``"none"``, ``"all"`` or ``"lora_only"``. Trainable
+            biases are updated directly by the inner optimizer; knots leave them alone.
+
+    Raises:
+        ValueError: in ``__post_init__``, on a bad value, naming it.
+    """
+
+    r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    bias: str = "none"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"LoRA rank r must be an integer >= 1, got {self.r!r}")
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if isinstance(self.target_modules, str):
+            self.target_modules = tuple(t.strip() for t in self.target_modules.split(",") if t.strip())
+        self.target_modules = tuple(self.target_modules)
+        if not self.target_modules:
+            raise ValueError("target_modules is empty")
+        if self.bias not in _BIAS_CHOICES:
+            raise ValueError(f"bias {self.bias!r} must be one of {_BIAS_CHOICES}")
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """``(out, in)`` of a Linear or GPT-2 ``Conv1D``; ``None`` for other modules."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return module.nf, module.weight.shape[0]
+    return None
+
+
+def matching_modules(model: nn.Module, target_modules: tuple[str, ...]) -> dict[str, nn.Module]:
+    """Modules whose qualified name equals a target or ends with ``"." + target``."""
+    out = {}
+    for name, module in model.named_modules():
+        if any(name == t or name.endswith("." + t) for t in target_modules):
+            out[name] = module
+    return out
+
+
+def _validate_targets(model: nn.Module, settings: LoraSettings) -> None:
+    found = matching_modules(model, settings.target_modules)
+    if not found:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _linear_shape(m)})
+        raise ValueError(
+            f"target_modules {list(settings.target_modules)} match no module of {type(model).__name__}; "
+            f"its linear layers are named {linear}"
+        )
+    tied = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(p.data_ptr(), []).append(name)
+    for name, module in found.items():
+        shape = _linear_shape(module)
+        if shape is None:
+            raise ValueError(f"target module {name!r} is a {type(module).__name__}, not a linear layer")
+        if settings.r > min(shape):
+            raise ValueError(f"LoRA rank r={settings.r} is larger than layer {name!r} allows ({shape[0]}x{shape[1]})")
+        names = tied.get(module.weight.data_ptr(), [])
+        if len(names) > 1:
+            raise ValueError(
+                f"target module {name!r} shares its weight with {names}; merging a knot would change both "
+                "(tied weights, peft #2018)"
+            )
+
+
+def inject_lora(model: nn.Module, settings: LoraSettings):
+    """Wrap a Hugging Face model with PEFT LoRA adapters.
+
+    Args:
+        model: any ``transformers`` causal LM (or other ``nn.Module`` PEFT supports).
+        settings: the LoRA hyper-parameters.
+
+    Returns:
+        the ``peft.PeftModel``; only LoRA factors (and biases per ``settings.bias``)
+        require grad.
+
+    Raises:
+        ValueError: if ``target_modules`` match nothing, match a non-linear module, or
+            a weight tied to another; or if ``r`` exceeds a matched layer's dimensions.
+            All checked before PEFT touches the model.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    _validate_targets(model, settings)
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=list(settings.target_modules),
+        bias=settings.bias,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+class LoraSite(Site):
+    """A chain site over one PEFT ``LoraLayer`` (one active adapter).
+
+    The logical weight is ``(out, in)``; for GPT-2's ``Conv1D`` (``fan_in_fan_out``)
+    the stored weight is ``(in, out)`` and :attr:`weight` is its transposed view.
+
+    Args:
+        layer: a ``peft.tuners.lora.LoraLayer`` (Linear or Conv1D based).
+        name: the module's qualified name.
+        adapter: the adapter name.
+        keep_initial, fp32_master: as in :class:`cola_opt.sites.Site`.
+
+    Raises:
+        ValueError: if ``layer`` has no adapter ``adapter``, or uses DoRA (whose
+            magnitude vector the merge would not carry).
+    """
+
+    def __init__(self, layer, name: str, adapter: str = "default", *, keep_initial=False, fp32_master=False):
+        if adapter not in layer.lora_A:
+            raise ValueError(f"layer {name!r} has no LoRA adapter {adapter!r}")
+        if getattr(layer, "use_dora", {}).get(adapter, False):
+            raise ValueError(f"layer {name!r} uses DoRA, which COLA's merge does not support")
+        self.layer = layer
+        self.adapter = adapter
+        super().__init__(name, keep_initial=keep_initial, fp32_master=fp32_master)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        w = self.layer.get_base_layer().weight
+        return w.T if getattr(self.layer, "fan_in_fan_out", False) else w
+
+    @property
+    def lora_B(self) -> nn.Parameter:
+        return self.layer.lora_B[self.adapter].weight
+
+    @property
+    def lora_A(self) -> nn.Parameter:
+        return self.layer.lora_A[self.adapter].weight
+
+    @property
+    def scaling(self) -> float:
+        return float(self.layer.scaling[self.adapter])
+
+    def _resize(self, rank: int) -> None:
+        # Same Parameter objects with new storage, so the inner optimizer keeps them.
+        m, n = self.shape
+        self.lora_B.data = self.lora_B.new_zeros(m, rank)
+        self.lora_A.data = self.lora_A.new_zeros(rank, n)
+        self.layer.lora_B[self.adapter].in_features = rank
+        self.layer.lora_A[self.adapter].out_features = rank
+        alpha = self.layer.lora_alpha[self.adapter]
+        self.layer.r[self.adapter] = rank
+        self.layer.scaling[self.adapter] = alpha / rank
+
+
+def lora_sites(peft_model: nn.Module, adapter: str = "default", **site_kwargs) -> list[LoraSite]:
+    """One :class:`LoraSite` per PEFT LoRA layer of ``peft_model``, in module order.
+
+    Raises:
+        ValueError: if the model holds no LoRA layer.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    sites = [
+        LoraSite(m, name, adapter, **site_kwargs)
+        for name, m in peft_model.named_modules()
+        if isinstance(m, LoraLayer) and adapter in m.lora_A
+    ]
+    if not sites:
+        raise ValueError("the model holds no PEFT LoRA layer; call inject_lora first")
+    return sites

@@ -1,0 +1,229 @@
+"""Sites: one matrix ``W`` and the factors of the current link.
+
+A *site* is where the chain acts. It holds a base weight ``W`` of logical shape
+``(m, n)`` (output features x input features) and the current link's LoRA factors
+``B`` of shape ``(m, r)`` and ``A`` of shape ``(r, n)``. The link's contribution to
+the function is ``Delta = scaling * B @ A`` (Hu et al. 2021, LoRA, eq. 3), with
+``scaling = lora_alpha / r``.
+
+The chain loop in :mod:`cola_opt.core` only talks to the :class:`Site` interface;
+:class:`TensorSite` serves explicit objectives (toy problems) and
+:class:`cola_opt.llm.lora.LoraSite` serves PEFT LoRA layers in a transformer.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+__all__ = ["Site", "TensorSite", "reinit_factors_"]
+
+
+@torch.no_grad()
+def reinit_factors_(lora_B: torch.Tensor, lora_A: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    """Re-initialise a link in place: ``A`` Kaiming-uniform, ``B`` zeros.
+
+    This is LoRA's initialisation (the same as PEFT's ``init_lora_weights=True`` and
+    ``nn.Linear``'s default for ``A``), so a fresh link contributes ``B @ A = 0`` and
+    the function is unchanged. ``A`` is drawn on the CPU in float32 from ``generator``
+    and then copied to its device and dtype, so the draw is identical on every device
+    and every process that uses the same generator seed.
+
+    Args:
+        lora_B: ``(m, r)`` factor, any float dtype; set to zeros.
+        lora_A: ``(r, n)`` factor, any float dtype; Kaiming-uniform with ``a = sqrt(5)``.
+        generator: CPU generator for ``A``; ``None`` uses torch's global RNG.
+    """
+    fresh = torch.empty(lora_A.shape, dtype=torch.float32)
+    nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
+    lora_A.copy_(fresh)
+    lora_B.zero_()
+
+
+class Site(ABC):
+    """One matrix of the model and the factors of its current link.
+
+    Subclasses give access to the base weight (logical ``(m, n)`` orientation), to the
+    two factor Parameters, and to the LoRA scaling. The merge arithmetic lives here,
+    once, for every kind of site.
+
+    Args:
+        name: a label used in errors and records.
+        keep_initial: keep an fp32 copy of the starting weight ``W0`` so that
+            ``X = W - W0`` is available. Needed by Frank-Wolfe steps with ``shrink != 0``.
+        fp32_master: keep an fp32 master copy of ``W`` and merge into it; the stored
+            weight is the master cast once to its dtype. For bf16/fp16 bases this keeps
+            ``W`` equal to ``W0 + sum(deltas)`` within fp32 error after many knots.
+    """
+
+    def __init__(self, name: str, *, keep_initial: bool = False, fp32_master: bool = False) -> None:
+        self.name = name
+        w = self.weight.detach()
+        self._initial = w.to(torch.float32, copy=True) if keep_initial else None
+        self._master = w.to(torch.float32, copy=True) if fp32_master else None
+
+    # ----------------------------------------------------------------- accessors
+    @property
+    @abstractmethod
+    def weight(self) -> torch.Tensor:
+        """The base weight as an ``(m, n)`` tensor that shares storage with the model."""
+
+    @property
+    @abstractmethod
+    def lora_B(self) -> nn.Parameter:
+        """The ``(m, r)`` factor of the current link."""
+
+    @property
+    @abstractmethod
+    def lora_A(self) -> nn.Parameter:
+        """The ``(r, n)`` factor of the current link."""
+
+    @property
+    @abstractmethod
+    def scaling(self) -> float:
+        """The factor in ``Delta = scaling * B @ A``."""
+
+    @abstractmethod
+    def _resize(self, rank: int) -> None:
+        """Give the factors a new rank ``r`` (same Parameter objects, new storage)."""
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def rank(self) -> int:
+        """The rank ``r`` of the current link's factors."""
+        return int(self.lora_A.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Logical shape ``(m, n)`` of the weight."""
+        m, n = self.weight.shape
+        return int(m), int(n)
+
+    def factors(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """The Parameters ``(B, A)`` that the inner optimizer trains."""
+        return self.lora_B, self.lora_A
+
+    @torch.no_grad()
+    def delta(self) -> torch.Tensor:
+        """The link's update ``scaling * B @ A`` in float32, shape ``(m, n)``."""
+        return (self.lora_B.detach().float() @ self.lora_A.detach().float()).mul_(self.scaling)
+
+    @torch.no_grad()
+    def residual(self) -> torch.Tensor:
+        """``X = W - W0`` in float32, shape ``(m, n)``.
+
+        Raises:
+            RuntimeError: if the site was built without ``keep_initial=True``.
+        """
+        if self._initial is None:
+            raise RuntimeError(f"site {self.name!r} keeps no initial weight W0; build it with keep_initial=True")
+        current = self._master if self._master is not None else self.weight.float()
+        return current - self._initial.to(current.device)
+
+    @torch.no_grad()
+    def merged_value(self, update: torch.Tensor) -> torch.Tensor:
+        """What ``W`` would become after adding the fp32 ``update``: fp32 sum, cast once."""
+        base = self._master if self._master is not None else self.weight.float()
+        return (base + update.to(base.device)).to(self.weight.dtype)
+
+    @torch.no_grad()
+    def merge(self, update: torch.Tensor) -> None:
+        """Add the float32 ``(m, n)`` ``update`` to the base weight.
+
+        The sum is formed in float32 and cast once to the weight's dtype (the trap of
+        peft #1388: ``W + BA`` rounded per term drifts in bf16). With an fp32 master the
+        master is updated and the weight re-cast from it. No forward pass is run, so
+        dropout cannot enter the merged value.
+        """
+        w = self.weight
+        update = update.to(device=w.device, dtype=torch.float32)
+        if self._master is not None:
+            self._master.add_(update)
+            w.copy_(self._master)
+        elif w.dtype == torch.float32:
+            w.add_(update)
+        else:
+            w.copy_(w.float().add_(update))
+
+    @torch.no_grad()
+    def reset_factors(self, rank: int | None = None, generator: torch.Generator | None = None) -> None:
+        """Start a fresh link: optionally change the rank, then ``A`` Kaiming, ``B`` zero.
+
+        Raises:
+            ValueError: if ``rank`` is not in ``[1, min(m, n)]``.
+        """
+        if rank is not None and rank != self.rank:
+            m, n = self.shape
+            if not 1 <= rank <= min(m, n):
+                raise ValueError(f"rank {rank} for site {self.name!r} must be in [1, {min(m, n)}] (weight {m}x{n})")
+            self._resize(rank)
+        reinit_factors_(self.lora_B, self.lora_A, generator)
+
+
+class TensorSite(Site):
+    """A site over a plain tensor, for explicit objectives.
+
+    Args:
+        weight: the ``(m, n)`` variable ``W``; kept by reference (it is updated in place).
+            Any float dtype.
+        rank: ``r >= 1`` of the first link.
+        lora_alpha: if given, ``scaling = lora_alpha / r`` (LoRA); else ``scaling = 1``.
+        name, keep_initial, fp32_master: as in :class:`Site`. ``keep_initial`` defaults
+            to True here, since toy problems use Frank-Wolfe steps.
+        generator: draws the first link's ``A``.
+
+    Raises:
+        ValueError: if ``weight`` is not 2-D floating point, or ``rank`` is out of range.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        rank: int,
+        *,
+        lora_alpha: float | None = None,
+        name: str = "W",
+        keep_initial: bool = True,
+        fp32_master: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if weight.ndim != 2 or not weight.is_floating_point():
+            raise ValueError(f"weight must be a 2-D float tensor, got shape {tuple(weight.shape)} dtype {weight.dtype}")
+        m, n = weight.shape
+        if not isinstance(rank, int) or not 1 <= rank <= min(m, n):
+            raise ValueError(f"rank {rank!r} must be an int in [1, {min(m, n)}] for a {m}x{n} weight")
+        self._weight = weight.detach().requires_grad_(False)
+        self.lora_alpha = lora_alpha
+        kw = {"device": weight.device, "dtype": torch.float32}
+        self._B = nn.Parameter(torch.zeros(m, rank, **kw))
+        self._A = nn.Parameter(torch.zeros(rank, n, **kw))
+        super().__init__(name, keep_initial=keep_initial, fp32_master=fp32_master)
+        reinit_factors_(self._B, self._A, generator)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._weight
+
+    @property
+    def lora_B(self) -> nn.Parameter:
+        return self._B
+
+    @property
+    def lora_A(self) -> nn.Parameter:
+        return self._A
+
+    @property
+    def scaling(self) -> float:
+        return 1.0 if self.lora_alpha is None else self.lora_alpha / self.rank
+
+    def _resize(self, rank: int) -> None:
+        m, n = self.shape
+        self._B.data = self._B.new_zeros(m, rank)
+        self._A.data = self._A.new_zeros(rank, n)
+
+    def effective_weight(self) -> torch.Tensor:
+        """``W + scaling * B @ A`` in float32, differentiable in the factors; ``(m, n)``."""
+        return self._weight.float() + self.scaling * (self._B @ self._A)
