@@ -55,12 +55,15 @@ class KnotRecord:
     Attributes:
         link: 0-based index of the link that was merged.
         step: inner-optimizer steps done when the knot was tied.
-        seconds: wall time of the whole knot (merge, re-init, reset), in seconds.
+        seconds: wall time of the whole knot (checks, merge, re-init, reset), in seconds,
+            without the knot hooks.
         step_size: ``gamma`` used in the merge.
         shrink: coefficient of ``X = W - W0`` in the merge.
         rank: rank of the merged link (the largest over sites).
         next_rank: rank of the link that starts after the knot.
         max_abs_update: largest absolute entry merged, over all sites (float32).
+        lr: learning rate of each inner param group when the knot was tied (the rate
+            the link's last step used if the LR scheduler steps after the chain).
     """
 
     link: int
@@ -71,6 +74,7 @@ class KnotRecord:
     rank: int
     next_rank: int
     max_abs_update: float
+    lr: list[float] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------- reset policies
@@ -259,6 +263,7 @@ class ResidualLowRankOptimizer:
         self.step_count = 0
         self.link = 0
         self.knots: list[KnotRecord] = []
+        self._hooks: dict[str, list[Callable]] = {"before": [], "after": []}
 
     # ------------------------------------------------------------------ optimizer API
     def factor_parameters(self) -> list[torch.nn.Parameter]:
@@ -285,6 +290,29 @@ class ResidualLowRankOptimizer:
         if self.step_count in self.knot_steps:
             return self.tie_knot()
         return None
+
+    def add_knot_hook(
+        self, hook: Callable[[ResidualLowRankOptimizer, KnotRecord | None], None], *, when: str = "after"
+    ) -> Callable[[], None]:
+        """Call ``hook(chain, record)`` at every knot.
+
+        Args:
+            hook: called with the chain and, after a knot, its :class:`KnotRecord`
+                (``None`` before).
+            when: ``"before"``: after the finiteness checks, before any weight changes,
+                while the factors still hold the trained link (to save it as an adapter,
+                say); ``"after"``: once the next link has started.
+
+        Returns:
+            a function that removes the hook.
+
+        Raises:
+            ValueError: if ``when`` is neither ``"before"`` nor ``"after"``.
+        """
+        if when not in self._hooks:
+            raise ValueError(f"knot hook when={when!r} must be 'before' or 'after'")
+        self._hooks[when].append(hook)
+        return lambda: self._hooks[when].remove(hook)
 
     @property
     def chain_length(self) -> int:
@@ -344,6 +372,10 @@ class ResidualLowRankOptimizer:
                     f"would overflow {site.weight.dtype}; the weights are unchanged"
                 )
             biggest = max(biggest, float(update.abs().max()))
+        t_hooks = time.perf_counter()
+        for hook in list(self._hooks["before"]):
+            hook(self, None)
+        t_hooks = time.perf_counter() - t_hooks
         # Pass 2: merge (recomputed rather than held, so memory stays one site's worth).
         for site, update in self._updates(gamma, rho):
             site.merge(update)
@@ -355,15 +387,18 @@ class ResidualLowRankOptimizer:
         record = KnotRecord(
             link=self.link,
             step=self.step_count,
-            seconds=time.perf_counter() - t0,
+            seconds=time.perf_counter() - t0 - t_hooks,
             step_size=gamma,
             shrink=rho,
             rank=merged_rank,
             next_rank=max(s.rank for s in self.sites),
             max_abs_update=biggest,
+            lr=[float(g["lr"]) for g in self.optimizer.param_groups],
         )
         self.knots.append(record)
         self.link += 1
+        for hook in list(self._hooks["after"]):
+            hook(self, record)
         return record
 
     # ------------------------------------------------------------------ persistence

@@ -19,7 +19,46 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-__all__ = ["Site", "TensorSite", "reinit_factors_"]
+__all__ = ["Site", "TensorSite", "reinit_factors_", "full_tensor", "local_part", "is_sharded"]
+
+
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without torch.distributed
+        return None
+    return DTensor
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole logical tensor: all-gathers a sharded ``DTensor`` (FSDP2), else ``t`` itself.
+
+    A collective for a ``DTensor``: every process of its mesh must call it, in the same
+    order (the knot visits sites in one order on every process).
+    """
+    dt = _dtensor_type()
+    return t.full_tensor() if dt is not None and isinstance(t, dt) else t
+
+
+def local_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``full`` laid out like ``like``: the same ``DTensor`` mesh and placements, or ``full`` as is.
+
+    Each process keeps the slice it owns of ``full``, which must be the same on every
+    process (it is: the knot's update is computed from all-gathered factors). No
+    communication.
+    """
+    dt = _dtensor_type()
+    if dt is None or not isinstance(like, dt):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a ``DTensor`` (an FSDP2 parameter)."""
+    dt = _dtensor_type()
+    return dt is not None and isinstance(t, dt)
 
 
 @torch.no_grad()
@@ -30,7 +69,8 @@ def reinit_factors_(lora_B: torch.Tensor, lora_A: torch.Tensor, generator: torch
     ``nn.Linear``'s default for ``A``), so a fresh link contributes ``B @ A = 0`` and
     the function is unchanged. ``A`` is drawn on the CPU in float32 from ``generator``
     and then copied to its device and dtype, so the draw is identical on every device
-    and every process that uses the same generator seed.
+    and every process that uses the same generator seed. Sharded (FSDP2 ``DTensor``)
+    factors keep their local slice of that draw.
 
     Args:
         lora_B: ``(m, r)`` factor, any float dtype; set to zeros.
@@ -39,7 +79,7 @@ def reinit_factors_(lora_B: torch.Tensor, lora_A: torch.Tensor, generator: torch
     """
     fresh = torch.empty(lora_A.shape, dtype=torch.float32)
     nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
-    lora_A.copy_(fresh)
+    lora_A.copy_(local_part(fresh.to(lora_A.dtype), lora_A))
     lora_B.zero_()
 
 
@@ -49,6 +89,12 @@ class Site(ABC):
     Subclasses give access to the base weight (logical ``(m, n)`` orientation), to the
     two factor Parameters, and to the LoRA scaling. The merge arithmetic lives here,
     once, for every kind of site.
+
+    Sharded parameters (FSDP2 ``fully_shard``, whose parameters are ``DTensor`` shards)
+    are merged under full values: :meth:`delta` all-gathers the factors, the finiteness
+    check sees the whole merged weight, and each process adds its own slice of the
+    (identical) fp32 update to its shard. FSDP1 parameters must be un-sharded around the
+    knot instead (:func:`cola_opt.llm.distributed.full_parameters`).
 
     Args:
         name: a label used in errors and records.
@@ -61,7 +107,7 @@ class Site(ABC):
 
     def __init__(self, name: str, *, keep_initial: bool = False, fp32_master: bool = False) -> None:
         self.name = name
-        w = self.weight.detach()
+        w = full_tensor(self.weight.detach()) if keep_initial else self.weight.detach()
         self._initial = w.to(torch.float32, copy=True) if keep_initial else None
         self._master = w.to(torch.float32, copy=True) if fp32_master else None
 
@@ -109,7 +155,8 @@ class Site(ABC):
     @torch.no_grad()
     def delta(self) -> torch.Tensor:
         """The link's update ``scaling * B @ A`` in float32, shape ``(m, n)``."""
-        return (self.lora_B.detach().float() @ self.lora_A.detach().float()).mul_(self.scaling)
+        b, a = full_tensor(self.lora_B.detach()), full_tensor(self.lora_A.detach())
+        return (b.float() @ a.float()).mul_(self.scaling)
 
     @torch.no_grad()
     def residual(self) -> torch.Tensor:
@@ -120,13 +167,16 @@ class Site(ABC):
         """
         if self._initial is None:
             raise RuntimeError(f"site {self.name!r} keeps no initial weight W0; build it with keep_initial=True")
-        current = self._master if self._master is not None else self.weight.float()
+        current = full_tensor(self._master if self._master is not None else self.weight).float()
         return current - self._initial.to(current.device)
 
     @torch.no_grad()
     def merged_value(self, update: torch.Tensor) -> torch.Tensor:
-        """What ``W`` would become after adding the fp32 ``update``: fp32 sum, cast once."""
-        base = self._master if self._master is not None else self.weight.float()
+        """What ``W`` would become after adding the fp32 ``update``: fp32 sum, cast once.
+
+        Returns the whole ``(m, n)`` weight, also for a sharded one (all-gathered).
+        """
+        base = full_tensor(self._master if self._master is not None else self.weight).float()
         return (base + update.to(base.device)).to(self.weight.dtype)
 
     @torch.no_grad()
@@ -139,7 +189,7 @@ class Site(ABC):
         dropout cannot enter the merged value.
         """
         w = self.weight
-        update = update.to(device=w.device, dtype=torch.float32)
+        update = local_part(update.to(device=w.device, dtype=torch.float32), w)
         if self._master is not None:
             self._master.add_(update)
             w.copy_(self._master)
@@ -153,9 +203,12 @@ class Site(ABC):
         """Start a fresh link: optionally change the rank, then ``A`` Kaiming, ``B`` zero.
 
         Raises:
-            ValueError: if ``rank`` is not in ``[1, min(m, n)]``.
+            ValueError: if ``rank`` is not in ``[1, min(m, n)]``, or the factors are sharded
+                (FSDP2 fixes a parameter's shape when it shards it).
         """
         if rank is not None and rank != self.rank:
+            if is_sharded(self.lora_A) or is_sharded(self.lora_B):
+                raise ValueError(f"site {self.name!r}: cannot change the rank of sharded (FSDP2) factors to {rank}")
             m, n = self.shape
             if not 1 <= rank <= min(m, n):
                 raise ValueError(f"rank {rank} for site {self.name!r} must be in [1, {min(m, n)}] (weight {m}x{n})")

@@ -143,8 +143,9 @@ class LoraSite(Site):
         keep_initial, fp32_master: as in :class:`cola_opt.sites.Site`.
 
     Raises:
-        ValueError: if ``layer`` has no adapter ``adapter``, or uses DoRA (whose
-            magnitude vector the merge would not carry).
+        ValueError: if ``layer`` has no adapter ``adapter``, uses DoRA (whose magnitude
+            vector the merge would not carry) or another PEFT LoRA variant, or a bias in
+            ``lora_B`` (``lora_bias=True``), which ``scaling * B @ A`` leaves out.
     """
 
     def __init__(self, layer, name: str, adapter: str = "default", *, keep_initial=False, fp32_master=False):
@@ -152,6 +153,11 @@ class LoraSite(Site):
             raise ValueError(f"layer {name!r} has no LoRA adapter {adapter!r}")
         if getattr(layer, "use_dora", {}).get(adapter, False):
             raise ValueError(f"layer {name!r} uses DoRA, which COLA's merge does not support")
+        variant = getattr(layer, "lora_variant", {}).get(adapter)
+        if variant is not None:
+            raise ValueError(f"layer {name!r} uses the LoRA variant {type(variant).__name__}, which COLA's merge does not support")
+        if getattr(layer, "lora_bias", {}).get(adapter, False):
+            raise ValueError(f"layer {name!r} has lora_bias=True; COLA merges scaling * B @ A only, so use lora_bias=False")
         self.layer = layer
         self.adapter = adapter
         super().__init__(name, keep_initial=keep_initial, fp32_master=fp32_master)
@@ -182,14 +188,32 @@ class LoraSite(Site):
         self.layer.lora_A[self.adapter].out_features = rank
         alpha = self.layer.lora_alpha[self.adapter]
         self.layer.r[self.adapter] = rank
-        self.layer.scaling[self.adapter] = alpha / rank
+        rslora = getattr(self.layer, "use_rslora", {}).get(self.adapter, False)
+        self.layer.scaling[self.adapter] = alpha / (rank**0.5 if rslora else rank)
+
+
+def _storage_key(p: torch.Tensor) -> object:
+    """Equal for two parameters that share memory (tied); a sharded DTensor by identity."""
+    from ..sites import is_sharded
+
+    return id(p) if is_sharded(p) else (p.device, p.data_ptr())
 
 
 def lora_sites(peft_model: nn.Module, adapter: str = "default", **site_kwargs) -> list[LoraSite]:
     """One :class:`LoraSite` per PEFT LoRA layer of ``peft_model``, in module order.
 
+    Args:
+        peft_model: a model holding PEFT LoRA layers (a ``PeftModel``, or a model that
+            ``get_peft_model``/``inject_adapter_in_model`` changed).
+        adapter: the adapter name.
+        site_kwargs: passed to :class:`LoraSite`: ``keep_initial=True``,
+            ``fp32_master=True`` (an fp32 master copy of each adapted weight, for bf16 and
+            fp16 bases; it costs 4 bytes per adapted weight entry).
+
     Raises:
-        ValueError: if the model holds no LoRA layer.
+        ValueError: if the model holds no LoRA layer, or an adapted weight is tied to
+            another parameter (a merge would change both, peft #2018); or as
+            :class:`LoraSite` raises.
     """
     from peft.tuners.lora import LoraLayer
 
@@ -200,4 +224,15 @@ def lora_sites(peft_model: nn.Module, adapter: str = "default", **site_kwargs) -
     ]
     if not sites:
         raise ValueError("the model holds no PEFT LoRA layer; call inject_lora first")
+    names: dict[object, list[str]] = {}
+    for name, p in peft_model.named_parameters(remove_duplicate=False):
+        names.setdefault(_storage_key(p), []).append(name)
+    for s in sites:
+        w = s.layer.get_base_layer().weight
+        tied = names.get(_storage_key(w), [])
+        if len(tied) > 1 and w.numel() > 0:
+            raise ValueError(
+                f"the weight of LoRA layer {s.name!r} is tied to {tied}; merging a knot would change both "
+                "(tied weights, peft #2018)"
+            )
     return sites
