@@ -1,0 +1,139 @@
+"""Learning-rate schedules for a chain: global linear (COLA) and jagged cosine (ReLoRA).
+
+Both return a ``torch.optim.lr_scheduler.LambdaLR`` over the inner optimizer. Steps are
+counted like the knots of :mod:`cola_opt.schedules`: the scheduler is stepped once after
+each optimizer step, so after ``t`` optimizer steps the next step runs at
+``base_lr * factor(t)``. A knot at step ``s`` starts a link whose first step runs at
+``factor(s)``.
+
+- :func:`linear_schedule`: linear warm-up, then linear decay to 0 at ``total_steps``
+  over the whole run, ignoring the knots (COLA, Xia, Qin and Hazan 2024, Section 5:
+  AdamW with a linear schedule; the same factor as ``transformers``'
+  ``get_linear_schedule_with_warmup``).
+- :func:`jagged_cosine_schedule`: one cosine envelope over the whole run, and after every
+  knot a short linear re-warm-up from 0 back up to the envelope (ReLoRA, Lialin et al.
+  2023, Section 3, "jagged cosine scheduler").
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from .schedules import validate_knots
+
+__all__ = ["linear_factor", "linear_schedule", "jagged_cosine_factor", "jagged_cosine_schedule"]
+
+
+def _check_steps(total_steps: int, warmup_steps: int) -> None:
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps must be an integer in [0, total_steps={total_steps}), got {warmup_steps!r}")
+
+
+def linear_factor(t: int, *, total_steps: int, warmup_steps: int = 0) -> float:
+    """LR factor after ``t`` optimizer steps: ``t / warmup``, then ``(T - t) / (T - warmup)``, >= 0."""
+    if t < warmup_steps:
+        return t / warmup_steps
+    return max(0.0, (total_steps - t) / (total_steps - warmup_steps))
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
+    """Global linear schedule (COLA): warm up over ``warmup_steps``, decay to 0 at ``total_steps``.
+
+    Args:
+        optimizer: the inner optimizer (``chain.optimizer``).
+        total_steps: optimizer steps in the run, ``>= 1``.
+        warmup_steps: in ``[0, total_steps)``.
+
+    Raises:
+        ValueError: on a bad step count, naming it.
+    """
+    _check_steps(total_steps, warmup_steps)
+    return LambdaLR(optimizer, partial(linear_factor, total_steps=total_steps, warmup_steps=warmup_steps))
+
+
+def _cosine_envelope(t: float, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    progress = min(1.0, max(0.0, (t - warmup_steps) / (total_steps - warmup_steps)))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def jagged_cosine_factor(
+    t: int,
+    *,
+    total_steps: int,
+    knot_steps: Sequence[int],
+    restart_warmup_steps: int,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.1,
+) -> float:
+    """LR factor after ``t`` optimizer steps for ReLoRA's jagged cosine.
+
+    ``envelope(t) = m + (1 - m) * (1 + cos(pi * clip((t - w) / (T - w), 0, 1))) / 2`` with
+    ``m = min_lr_ratio``, ``w = warmup_steps``, ``T = total_steps``. The factor is
+    ``t / w`` during the first warm-up; ``(t - s) / w_r * envelope(s + w_r)`` during the
+    ``w_r = restart_warmup_steps`` steps after the latest knot ``s`` (0 for the first
+    step of a link, as in ReLoRA, so the pruned optimizer state warms up before the
+    weights move; the ramp ends on the envelope); ``envelope(t)`` otherwise.
+    """
+    if t < warmup_steps:
+        return t / warmup_steps
+    i = bisect.bisect_right(knot_steps, t) - 1
+    if i >= 0 and t - knot_steps[i] < restart_warmup_steps:
+        s = knot_steps[i]
+        target = _cosine_envelope(s + restart_warmup_steps, total_steps, warmup_steps, min_lr_ratio)
+        return (t - s) / restart_warmup_steps * target
+    return _cosine_envelope(t, total_steps, warmup_steps, min_lr_ratio)
+
+
+def jagged_cosine_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    knot_steps: Sequence[int],
+    restart_warmup_steps: int,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.1,
+) -> LambdaLR:
+    """ReLoRA's jagged cosine: a global cosine, re-warmed from 0 after every knot.
+
+    Args:
+        optimizer: the inner optimizer (``chain.optimizer``).
+        total_steps: optimizer steps in the run, ``>= 1``.
+        knot_steps: the chain's knot steps (``chain.knot_steps``), each in
+            ``[1, total_steps - 1]``.
+        restart_warmup_steps: length ``>= 0`` of each re-warm-up, in optimizer steps; it
+            must be shorter than every link after a knot. 0 gives a plain cosine.
+        warmup_steps: the first warm-up, in ``[0, total_steps)``.
+        min_lr_ratio: the envelope's floor as a fraction of the base LR, in ``[0, 1]``.
+
+    Raises:
+        ValueError: on bad steps or ratio, naming the value.
+    """
+    _check_steps(total_steps, warmup_steps)
+    knots = validate_knots(knot_steps, total_steps)
+    if isinstance(restart_warmup_steps, bool) or not isinstance(restart_warmup_steps, int) or restart_warmup_steps < 0:
+        raise ValueError(f"restart_warmup_steps must be an integer >= 0, got {restart_warmup_steps!r}")
+    ends = list(knots[1:]) + [total_steps]
+    short = [(s, e) for s, e in zip(knots, ends) if e - s <= restart_warmup_steps]
+    if short:
+        raise ValueError(
+            f"restart_warmup_steps={restart_warmup_steps} does not fit the link from step {short[0][0]} "
+            f"to {short[0][1]}: each re-warm-up must be shorter than its link"
+        )
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
+    factor = partial(
+        jagged_cosine_factor,
+        total_steps=total_steps,
+        knot_steps=knots,
+        restart_warmup_steps=restart_warmup_steps,
+        warmup_steps=warmup_steps,
+        min_lr_ratio=min_lr_ratio,
+    )
+    return LambdaLR(optimizer, factor)
