@@ -1,0 +1,113 @@
+"""Atomic checkpoint files: old or new, never torn, even after kill -9."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cola_opt.atomic import (
+    atomic_directory,
+    atomic_save_json,
+    atomic_save_tensors,
+    atomic_write,
+    load_json,
+    load_tensors,
+)
+
+
+def test_tensors_round_trip_bitwise_with_shared_storage_and_metadata(tmp_path):
+    w = torch.randn(5, 3)
+    tensors = {"w": w, "tied": w, "view": w[1:3], "bf16": torch.randn(4).bfloat16(), "step": torch.tensor(7)}
+    atomic_save_tensors(tensors, tmp_path / "c.safetensors", metadata={"link": "2"})
+    back = load_tensors(tmp_path / "c.safetensors")
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "c.safetensors", "pt") as f:
+        assert f.metadata() == {"link": "2"}
+    assert os.listdir(tmp_path) == ["c.safetensors"]
+
+
+def test_bad_input_is_refused_before_any_file_is_touched(tmp_path):
+    with pytest.raises(ValueError, match="not tensors"):
+        atomic_save_tensors({"a": [1.0]}, tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="str to str"):
+        atomic_save_tensors({"a": torch.zeros(1)}, tmp_path / "x.safetensors", metadata={"k": 1})
+    with pytest.raises(TypeError):
+        atomic_save_json({"a": object()}, tmp_path / "x.json")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "state.json"
+    atomic_save_json({"step": 1}, target)
+
+    def torn(tmp):
+        with open(tmp, "w") as f:
+            f.write('{"step": 2, "half')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, torn)
+    assert load_json(target) == {"step": 1}
+    assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_atomic_directory_appears_complete_or_not_at_all(tmp_path):
+    out = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(out) as tmp:
+            (tmp / "a.json").write_text("{}")
+            raise RuntimeError("crash while writing")
+    assert os.listdir(tmp_path) == []
+    with atomic_directory(out) as tmp:
+        (tmp / "a.json").write_text('{"v": 1}')
+    with atomic_directory(out) as tmp:  # replaces the old one
+        (tmp / "b.json").write_text('{"v": 2}')
+    assert os.listdir(out) == ["b.json"] and os.listdir(tmp_path) == ["ckpt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        with atomic_directory(tmp_path / "file"):
+            pass
+
+
+_WRITER = textwrap.dedent("""
+    import sys, torch
+    from cola_opt.atomic import atomic_save_tensors, atomic_save_json
+    out = sys.argv[1]
+    i = 0
+    while True:
+        atomic_save_tensors({"x": torch.full((1 << 18,), float(i))}, out + "/t.safetensors", metadata={"i": str(i)})
+        atomic_save_json({"i": i, "pad": "y" * 100000}, out + "/s.json")
+        print(i, flush=True)
+        i += 1
+""")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.013, 0.031])
+def test_kill_minus_nine_never_leaves_a_torn_file(tmp_path, delay):
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        for _ in range(3):  # at least three complete rounds, then kill at some point of a write
+            assert proc.stdout.readline(), "the writer died"
+        time.sleep(delay)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "t.safetensors", "pt") as f:
+        i = int(f.metadata()["i"])
+        x = f.get_tensor("x")
+    assert torch.equal(x, torch.full((1 << 18,), float(i)))
+    j = load_json(tmp_path / "s.json")["i"]
+    assert j in (i - 1, i) and j >= 2
