@@ -62,8 +62,9 @@ class KnotRecord:
         rank: rank of the merged link (the largest over sites).
         next_rank: rank of the link that starts after the knot.
         max_abs_update: largest absolute entry merged, over all sites (float32).
-        lr: learning rate of each inner param group when the knot was tied (the rate
-            the link's last step used if the LR scheduler steps after the chain).
+        lr: learning rate of each inner param group when the knot was tied: the rate
+            of the link's last step when the LR scheduler steps after ``chain.step()``
+            (:class:`cola_opt.llm.hf.ColaCallback` records the same under the Trainer).
     """
 
     link: int
