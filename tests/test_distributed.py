@@ -17,6 +17,8 @@ from cola_opt import ResidualLowRankOptimizer
 from cola_opt.guard import NonFiniteGuard
 from cola_opt.llm.lora import LoraSettings, inject_lora, lora_sites
 
+pytestmark = pytest.mark.slow  # 2 spawned processes each; about 15 s per test on 2 cores
+
 KNOTS, STEPS, BATCH, LENGTH = (3, 6), 8, 8, 12
 
 

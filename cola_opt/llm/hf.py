@@ -112,12 +112,15 @@ class ColaCallback(TrainerCallback):
         knots = self.knot_steps if self.knot_steps is not None else uniform_knots(state.max_steps, self.chain_length)
         knots = validate_knots(knots, state.max_steps)
         if state.global_step and any(k <= state.global_step for k in knots):
+            done = [k for k in knots if k <= state.global_step]
             raise ValueError(
-                f"resuming at step {state.global_step} past the knot(s) {[k for k in knots if k <= state.global_step]}: "
+                f"resuming at step {state.global_step} past the knot(s) {done}: "
                 "the Trainer's checkpoint holds the adapter but not the merged base weights"
             )
         if self.ranks is not None and args.world_size > 1:
-            raise ValueError(f"ranks={list(self.ranks)}: changing the rank is not supported with {args.world_size} processes")
+            raise ValueError(
+                f"ranks={list(self.ranks)}: changing the rank is not supported with {args.world_size} processes"
+            )
         with full_parameters(model):
             sites = lora_sites(model, self.adapter, fp32_master=self.fp32_master)
             self.chain = ResidualLowRankOptimizer(

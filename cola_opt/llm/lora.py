@@ -155,9 +155,13 @@ class LoraSite(Site):
             raise ValueError(f"layer {name!r} uses DoRA, which COLA's merge does not support")
         variant = getattr(layer, "lora_variant", {}).get(adapter)
         if variant is not None:
-            raise ValueError(f"layer {name!r} uses the LoRA variant {type(variant).__name__}, which COLA's merge does not support")
+            raise ValueError(
+                f"layer {name!r} uses the LoRA variant {type(variant).__name__}, which COLA's merge does not support"
+            )
         if getattr(layer, "lora_bias", {}).get(adapter, False):
-            raise ValueError(f"layer {name!r} has lora_bias=True; COLA merges scaling * B @ A only, so use lora_bias=False")
+            raise ValueError(
+                f"layer {name!r} has lora_bias=True; COLA merges scaling * B @ A only, so use lora_bias=False"
+            )
         self.layer = layer
         self.adapter = adapter
         super().__init__(name, keep_initial=keep_initial, fp32_master=fp32_master)
