@@ -213,10 +213,12 @@ def load_model(model: str, *, dtype: str = "fp32", device: str = "cpu"):
     if dtype not in dtypes:
         raise ValueError(f"dtype {dtype!r} must be one of {sorted(dtypes)}")
     path = resolve_model_dir(model)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelLoadError(f"cannot load local directory {path!r}: it has no config.json (not a model folder)")
     try:
         tok = AutoTokenizer.from_pretrained(path)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtypes[dtype])
-    except OSError as e:
+    except (OSError, ValueError) as e:
         where = "local directory" if os.path.isdir(path) else "model (not a local directory; tried the hub)"
         raise ModelLoadError(f"cannot load {where} {path!r}: {e}") from e
     if tok.pad_token is None:

@@ -1,0 +1,139 @@
+"""The fine-tuning configuration: one typed dataclass, mapped one to one onto the CLI.
+
+Each field carries its help text and unit in ``metadata``; :mod:`cola_opt.cli`
+builds its options from them, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from ..core import make_reset_policy
+from ..schedules import uniform_knots, validate_knots
+from .lora import LoraSettings
+from .tasks import get_task
+
+__all__ = ["FinetuneConfig", "METHODS", "plan_steps"]
+
+METHODS = ("zero-shot", "lora", "cola")
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything one fine-tuning run needs. Defaults follow COLA's paper where it speaks.
+
+    Raises:
+        ValueError: from :meth:`validate`, naming the bad value.
+    """
+
+    task: str = _f("wsc", "task name (wsc, rte, ...)")
+    model: str = _f("smollm2-135m", "built-in model name, local model directory, or hub id (e.g. facebook/opt-1.3b)")
+    data_dir: str | None = _f(
+        None, "folder in the official release layout; default: $COLA_DATA_DIR, then ../shared/data/<benchmark>, then HF"
+    )
+    method: str = _f("cola", "zero-shot, lora (chain length 1) or cola")
+    seed: int = _f(0, "seed for sampling, initialisation and data order")
+    n_train: int = _f(1000, "training examples drawn from the train split (examples; MeZO protocol)")
+    n_dev: int = _f(500, "dev examples: the last n_dev of the train-split draw (examples)")
+    n_test: int = _f(1000, "test examples drawn from the validation split, or all of it if smaller (examples)")
+    epochs: int = _f(5, "passes over the training examples (epochs; the paper's budget is 5)")
+    max_steps: int | None = _f(None, "stop after this many optimizer steps instead (steps; overrides epochs)")
+    batch_size: int = _f(8, "examples per micro-batch (examples)")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    lr: float = _f(5e-4, "peak learning rate of AdamW, decayed linearly to 0 (per step)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    warmup_steps: int = _f(0, "linear warm-up of the learning rate (optimizer steps)")
+    max_grad_norm: float = _f(1.0, "clip the gradient norm to this (0 = off)")
+    chain_length: int = _f(3, "links in the chain for method cola; knots evenly spaced (links)")
+    knot_steps: tuple[int, ...] | None = _f(None, "explicit knot steps, comma separated (optimizer steps; overrides chain_length)")
+    rank: int = _f(8, "LoRA rank r of each link")
+    lora_alpha: float = _f(16.0, "LoRA alpha; scaling = lora_alpha / rank")
+    lora_dropout: float = _f(0.0, "dropout on the LoRA input (probability)")
+    target_modules: tuple[str, ...] = _f(("q_proj", "v_proj"), "modules to adapt, comma separated (name suffixes)")
+    bias: str = _f("none", "PEFT bias: none, all or lora_only (the paper's OPT runs train biases)")
+    optimizer_reset: str = _f("full", "optimizer state at a knot: full, keep, prune:<ratio>[:random]")
+    max_length: int = _f(256, "most tokens per prompt plus answer; longer prompts are cut from the left (tokens)")
+    eval_batch_size: int = _f(16, "examples per evaluation batch (examples)")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    dtype: str = _f("fp32", "weight dtype: fp32, bf16 or fp16")
+    autocast: str = _f("bf16", "autocast dtype for forward passes: none, bf16 or fp16")
+    output_dir: str = _f("runs", "folder for results (one subfolder per run)")
+    progress: bool = _f(True, "show progress bars")
+
+    def validate(self) -> None:
+        """Check every field that can be checked without data or a model.
+
+        Raises:
+            ValueError: naming the first bad value.
+        """
+        get_task(self.task)
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} must be one of {METHODS}")
+        for name in ("n_train", "n_test", "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not isinstance(self.n_dev, int) or self.n_dev < 0:
+            raise ValueError(f"n_dev must be an integer >= 0, got {self.n_dev!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ValueError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or self.max_grad_norm < 0:
+            raise ValueError("weight_decay, warmup_steps and max_grad_norm must be >= 0")
+        if isinstance(self.chain_length, bool) or not isinstance(self.chain_length, int) or self.chain_length < 1:
+            raise ValueError(f"chain_length must be an integer >= 1, got {self.chain_length!r}")
+        if self.knot_steps is not None:
+            self.knot_steps = validate_knots(self.knot_steps)
+        self.lora_settings()  # checks rank, alpha, dropout, target_modules and bias
+        make_reset_policy(self.optimizer_reset)
+        if self.dtype not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"dtype {self.dtype!r} must be fp32, bf16 or fp16")
+        if self.autocast not in ("none", "bf16", "fp16"):
+            raise ValueError(f"autocast {self.autocast!r} must be none, bf16 or fp16")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
+
+    def lora_settings(self) -> LoraSettings:
+        """The LoRA part of the config."""
+        return LoraSettings(
+            r=self.rank,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.target_modules,
+            bias=self.bias,
+        )
+
+    def replace(self, **changes) -> FinetuneConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict of all fields."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def plan_steps(cfg: FinetuneConfig, n_train: int) -> tuple[int, int, tuple[int, ...]]:
+    """Optimizer steps per epoch, total steps, and knot steps for ``cfg``.
+
+    Steps per epoch are ``ceil(n_train / (batch_size * grad_accum))``; the total is
+    ``epochs`` times that, or ``max_steps``. Method ``lora`` and ``zero-shot`` have no
+    knots; ``cola`` uses ``knot_steps`` if given, else ``chain_length`` even links.
+
+    Raises:
+        ValueError: if the knots do not fit in the run (more links than steps, or a
+            knot step at or past the last step).
+    """
+    per_epoch = math.ceil(n_train / (cfg.batch_size * cfg.grad_accum))
+    total = cfg.max_steps if cfg.max_steps is not None else per_epoch * cfg.epochs
+    if cfg.method != "cola":
+        return per_epoch, total, ()
+    if cfg.knot_steps is not None:
+        return per_epoch, total, validate_knots(cfg.knot_steps, total)
+    return per_epoch, total, uniform_knots(total, cfg.chain_length)
