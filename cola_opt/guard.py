@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .sites import is_sharded
+
 __all__ = ["NonFiniteError", "NonFiniteGuard", "GUARD_POLICIES"]
 
 GUARD_POLICIES = ("skip", "stop")
@@ -88,7 +90,8 @@ class NonFiniteGuard:
                 gradients only.
             parameters: the parameters about to be stepped, plain or as
                 ``named_parameters()`` pairs (names make the error clearer). Parameters
-                without a gradient are ignored.
+                without a gradient are ignored; a sharded (FSDP2 ``DTensor``) gradient is
+                checked on the shard each process holds.
             step: the step index, for messages only.
 
         Returns:
@@ -100,7 +103,8 @@ class NonFiniteGuard:
                 row reached ``max_consecutive_skips``. Gradients are left as they are.
         """
         named = [item if isinstance(item, tuple) else (f"parameter {i}", item) for i, item in enumerate(parameters)]
-        grads = [(n, p.grad) for n, p in named if p.grad is not None]
+        # a sharded (FSDP2) gradient is checked shard by shard; the all-reduce below joins the verdicts
+        grads = [(n, p.grad.to_local() if is_sharded(p.grad) else p.grad) for n, p in named if p.grad is not None]
         flags = [torch.isfinite(torch.as_tensor(loss)).all()] if loss is not None else []
         flags += [torch.isfinite(g).all() for _, g in grads]
         ok = bool(torch.stack([f.cpu() for f in flags]).all()) if flags else True

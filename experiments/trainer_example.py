@@ -41,12 +41,16 @@ def load(model_name: str, seq: int):
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
         model, tok = LlamaForCausalLM(cfg), None
         ids = torch.tensor([list(t.encode()[:seq]) for t in TEXTS])  # bytes as token ids
+        mask = torch.ones_like(ids)
     else:
         from cola_opt.llm.models import load_model
 
         model, tok = load_model(model_name)
-        ids = tok(TEXTS, max_length=seq, truncation=True, padding="max_length", return_tensors="pt")["input_ids"]
-    return model, tok, [{"input_ids": x, "labels": x} for x in ids.repeat(4, 1)]
+        enc = tok(TEXTS, max_length=seq, truncation=True, padding="max_length", return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+    labels = ids.masked_fill(mask == 0, -100)  # no loss on padding
+    rows = zip(ids.repeat(4, 1), mask.repeat(4, 1), labels.repeat(4, 1))
+    return model, tok, [{"input_ids": x, "attention_mask": m, "labels": y} for x, m, y in rows]
 
 
 def main(argv=None) -> dict:

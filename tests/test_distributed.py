@@ -92,12 +92,14 @@ def _worker(rank, world, port, mode, out):
 
         chain.add_knot_hook(before, when="before")
         chain.add_knot_hook(after, when="after")
-        losses, identical = [], []
+        losses, identical, guarded = [], [], []
+        guard = NonFiniteGuard("stop")
         for step in range(STEPS):
             ids = _batch(step, rank, world)
             loss = wrapped(input_ids=ids, labels=ids).loss
             loss.backward()
-            record = chain.step()
+            guarded.append(guard.check(loss, model.named_parameters(), step=step + 1))  # (sharded) gradients
+            chain.step()
             chain.zero_grad()
             mean = loss.detach().clone()
             dist.all_reduce(mean)
@@ -112,7 +114,7 @@ def _worker(rank, world, port, mode, out):
         verdict = NonFiniteGuard("skip").check(float("nan") if rank == 1 else 1.0, [], step=STEPS + 1)
         result = {"losses": losses, "identical": identical, "merged_exactly": merged_exactly,
                   "knots": [k.step for k in chain.knots], "final": _flat(model), "sharded": sharded,
-                  "guard": verdict}
+                  "guard": verdict, "guarded": guarded}
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -141,7 +143,7 @@ def test_ddp_replicas_stay_bit_identical_and_match_one_process(tmp_path, referen
         assert res["knots"] == list(KNOTS)
         assert res["identical"] == [True, True, True]  # after each knot and at the end
         assert res["merged_exactly"] == [True, True]
-        assert res["guard"] is False
+        assert res["guard"] is False and all(res["guarded"])
     assert torch.equal(results[0]["final"], results[1]["final"])
     # 2 x 4 sequences with averaged gradients = 8 sequences in one process, up to float rounding
     torch.testing.assert_close(torch.tensor(results[0]["losses"]), torch.tensor(ref_losses), atol=1e-5, rtol=0)
@@ -157,5 +159,6 @@ def test_fsdp2_merges_sharded_weights_under_full_values(tmp_path, reference):
         assert res["knots"] == list(KNOTS)
         assert res["merged_exactly"] == [True, True]  # W_full == W_full_before + delta, bit for bit
         assert res["identical"] == [True, True, True]  # every process sees the same full model
+        assert res["guard"] is False and all(res["guarded"])
     torch.testing.assert_close(torch.tensor(results[0]["losses"]), torch.tensor(ref_losses), atol=1e-5, rtol=0)
     torch.testing.assert_close(results[0]["final"], ref_final, atol=1e-5, rtol=0)
