@@ -311,12 +311,16 @@ class ResidualLowRankOptimizer:
             yield site, update
 
     @torch.no_grad()
-    def tie_knot(self, step_size: float | None = None, shrink: float | None = None) -> KnotRecord:
+    def tie_knot(
+        self, step_size: float | None = None, shrink: float | None = None, next_rank: int | None = None
+    ) -> KnotRecord:
         """Merge the current link into every site, then start the next link.
 
         Args:
             step_size: overrides the chain's ``gamma`` for this knot.
             shrink: overrides the chain's shrink coefficient for this knot.
+            next_rank: rank of the link that starts after the knot; overrides the
+                ``ranks`` schedule. ``None`` follows the schedule (or keeps the rank).
 
         Returns:
             the :class:`KnotRecord` (also appended to :attr:`knots`).
@@ -348,7 +352,8 @@ class ResidualLowRankOptimizer:
         for site, update in self._updates(gamma, rho):
             site.merge(update)
         merged_rank = max(s.rank for s in self.sites)
-        next_rank = self.ranks[self.link + 1] if self.ranks is not None and self.link + 1 < len(self.ranks) else None
+        if next_rank is None and self.ranks is not None and self.link + 1 < len(self.ranks):
+            next_rank = self.ranks[self.link + 1]
         for i, site in enumerate(self.sites):
             site.reset_factors(next_rank, generator=self._generator(self.link + 1, i))
         self.reset_policy(self.optimizer, self.factor_parameters())
@@ -365,6 +370,43 @@ class ResidualLowRankOptimizer:
         self.knots.append(record)
         self.link += 1
         return record
+
+    def merge_low_rank(
+        self,
+        factors: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        *,
+        step_size: float,
+        shrink: float,
+        next_rank: int | None = None,
+    ) -> KnotRecord:
+        """Merge explicit low-rank updates: ``W <- W + step_size * (B @ A - shrink * (W - W0))``.
+
+        Writes ``(B, A)`` into each site's link with :meth:`Site.set_factors`, then ties a
+        knot; all checks, re-initialisation, optimizer reset and records are the knot's.
+        Exact oracles (Frank-Wolfe atoms, away and pairwise directions, refined factors)
+        reach the weights only through this method.
+
+        Args:
+            factors: one ``(B, A)`` pair per site, ``B`` of shape ``(m, k)``, ``A`` ``(k, n)``.
+            step_size, shrink, next_rank: as in :meth:`tie_knot`.
+
+        Raises:
+            ValueError: on a wrong number of pairs or factor shapes that do not fit a site.
+            NonFiniteUpdateError: as in :meth:`tie_knot`.
+        """
+        factors = list(factors)
+        if len(factors) != len(self.sites):
+            raise ValueError(f"{len(factors)} factor pairs given for {len(self.sites)} sites")
+        for site, (B, A) in zip(self.sites, factors):  # check all before writing any
+            m, n = site.shape
+            if B.ndim != 2 or A.ndim != 2 or tuple(B.shape[:1]) != (m,) or A.shape[-1] != n or B.shape[1] != A.shape[0]:
+                raise ValueError(
+                    f"factors of shapes {tuple(B.shape)} and {tuple(A.shape)} do not form the ({m}, {n}) "
+                    f"update of site {site.name!r}"
+                )
+        for site, (B, A) in zip(self.sites, factors):
+            site.set_factors(B, A)
+        return self.tie_knot(step_size=step_size, shrink=shrink, next_rank=next_rank)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

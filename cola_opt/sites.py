@@ -149,6 +149,39 @@ class Site(ABC):
             w.copy_(w.float().add_(update))
 
     @torch.no_grad()
+    def set_factors(self, B: torch.Tensor, A: torch.Tensor) -> None:
+        """Write an explicit low-rank update into the current link: afterwards ``delta() == B @ A``.
+
+        The link takes the rank ``k`` of the given factors (the same Parameter objects are
+        resized when ``k`` differs), and ``B / scaling`` is stored so that
+        ``scaling * lora_B @ lora_A`` equals ``B @ A`` up to float rounding. This is how an
+        exact oracle (a Frank-Wolfe atom, say) hands its answer to the chain, whose knot then
+        merges it like any trained link. The inner optimizer's state is not touched here;
+        the knot that follows resets it.
+
+        Args:
+            B: ``(m, k)`` factor, any float dtype (copied as float32-compatible values).
+            A: ``(k, n)`` factor.
+
+        Raises:
+            ValueError: if the shapes do not chain to ``(m, n)`` or ``k`` is not in
+                ``[1, min(m, n)]``.
+        """
+        m, n = self.shape
+        if B.ndim != 2 or A.ndim != 2 or B.shape[0] != m or A.shape[1] != n or B.shape[1] != A.shape[0]:
+            raise ValueError(
+                f"factors of shapes {tuple(B.shape)} and {tuple(A.shape)} do not form the ({m}, {n}) update "
+                f"of site {self.name!r}"
+            )
+        k = int(A.shape[0])
+        if not 1 <= k <= min(m, n):
+            raise ValueError(f"rank {k} for site {self.name!r} must be in [1, {min(m, n)}] (weight {m}x{n})")
+        if k != self.rank:
+            self._resize(k)
+        self.lora_B.copy_((B.detach().to(torch.float32) / self.scaling).to(self.lora_B.device))
+        self.lora_A.copy_(A.detach().to(torch.float32).to(self.lora_A.device))
+
+    @torch.no_grad()
     def reset_factors(self, rank: int | None = None, generator: torch.Generator | None = None) -> None:
         """Start a fresh link: optionally change the rank, then ``A`` Kaiming, ``B`` zero.
 
