@@ -278,14 +278,15 @@ class ChainSolver:
         return gamma, kind, S.B.shape[1]
 
     # ------------------------------------------------------------------ the loop
-    def run(self, max_iter: int, tol: float = 0.0, callback: Callable | None = None,
+    def run(self, max_iter: int, tol: float | None = 0.0, callback: Callable | None = None,
             time_limit: float | None = None, progress=None) -> Result:
         """Run until ``t == max_iter`` links in total, the gap is ``<= tol``, ``callback``
         returns False, or ``time_limit`` seconds (of solver time) pass.
 
         Args:
             max_iter: total links (counted from the start of the run, across resumes).
-            tol: FW-gap tolerance (``fw_gap <= tol`` stops; NaN gaps never stop).
+            tol: FW-gap tolerance (``fw_gap <= tol`` stops; NaN gaps never stop); None never
+                stops on the gap (the checks in proofs_check run a fixed number of links).
             callback: ``callback(row, solver)``; returning ``False`` stops.
             time_limit: seconds of solver time.
             progress: a tqdm-like object with ``update(n)``, or None.
@@ -293,13 +294,13 @@ class ChainSolver:
         Raises:
             ValueError: if ``max_iter < 0`` or ``tol < 0``.
         """
-        if max_iter < 0 or tol < 0:
+        if max_iter < 0 or (tol is not None and not tol >= 0):
             raise ValueError(f"max_iter {max_iter} and tol {tol} must be >= 0")
         if self.trace.rows and self.trace.rows[-1].iteration == self.t:
             self.trace.rows.pop()  # re-measure the current iterate (after a resume)
         while True:
             row = self.measure()
-            if row.fw_gap <= tol:
+            if tol is not None and row.fw_gap <= tol:
                 status, msg = 0, f"FW gap {row.fw_gap:.3e} <= tol {tol:g}"
             elif self.t >= max_iter:
                 status, msg = 1, f"reached max_iter = {max_iter}"
@@ -367,7 +368,7 @@ class ChainSolver:
 
 def minimize(objective: Objective, x0=None, *, oracle: Oracle | None = None, step_size=None,
              constraint: ConstraintSet | None = None, variant: str = "vanilla",
-             refine: FactorRefinement | None = None, max_iter: int = 100, tol: float = 0.0,
+             refine: FactorRefinement | None = None, max_iter: int = 100, tol: float | None = 0.0,
              callback: Callable | None = None, time_limit: float | None = None,
              gap_set: ConstraintSet | None = None, seed: int = 0, record_rank: str = "auto", svd: str = "auto",
              progress=None) -> Result:
