@@ -189,7 +189,7 @@ class InexactOracle(Oracle):
         if G.dense is not None:
             return torch.from_numpy(G.dense).float()
         idx = torch.from_numpy(np.stack([G.rows, G.cols]))
-        return torch.sparse_coo_tensor(idx, torch.from_numpy(G.values).float(), G.shape).coalesce()
+        return torch.sparse_coo_tensor(idx, torch.from_numpy(G.values).float(), G.shape, check_invariants=False).coalesce()
 
     def train_link(self, chain, site, objective, G=None, tau: float | None = None) -> list[float]:
         """Run ``K`` steps of ``chain``'s inner optimizer on ``site``'s factors; return the losses.

@@ -83,7 +83,7 @@ def _observed(m, n, fraction, rng):
     return flat // n, flat % n
 
 
-def matrix_completion(n: int, m: int | None = None, *, rank: int = 5, fraction: float = 0.2, noise: float = 0.0,
+def matrix_completion(m: int, n: int | None = None, *, rank: int = 5, fraction: float = 0.2, noise: float = 0.0,
                       tau_ratio: float = 0.5, seed: int = 0) -> Problem:
     """Nuclear-ball matrix completion (the DESIGN §6 benchmark: rank 5, 20% observed).
 
@@ -93,7 +93,7 @@ def matrix_completion(n: int, m: int | None = None, *, rank: int = 5, fraction: 
     Raises:
         ValueError: on a bad size, rank or fraction.
     """
-    m = n if m is None else m
+    n = m if n is None else n
     _check(min(m, n), rank)
     rng = np.random.default_rng(seed)
     rows, cols = _observed(m, n, fraction, rng)
@@ -109,14 +109,14 @@ def matrix_completion(n: int, m: int | None = None, *, rank: int = 5, fraction: 
                    dict(rank=rank, fraction=fraction, noise=noise, tau_ratio=tau_ratio, seed=seed, truth_nuclear=nuc))
 
 
-def cauchy_completion(n: int, m: int | None = None, *, rank: int = 3, fraction: float = 0.3, outliers: float = 0.1,
+def cauchy_completion(m: int, n: int | None = None, *, rank: int = 3, fraction: float = 0.3, outliers: float = 0.1,
                       c: float = 0.5, tau_ratio: float = 0.8, seed: int = 0) -> Problem:
     """Robust (Cauchy-loss) completion with gross outliers: a smooth nonconvex objective, ``L = 1``.
 
     A fraction ``outliers`` of observations get ``+-5`` added, so residuals exceed ``c`` and
     the loss is used in its nonconvex region.
     """
-    m = n if m is None else m
+    n = m if n is None else n
     _check(min(m, n), rank)
     rng = np.random.default_rng(seed)
     M, nuc = low_rank_matrix(m, n, rank, rng)

@@ -120,10 +120,13 @@ def project_capped_simplex(s: np.ndarray, tau: float) -> np.ndarray:
     x = np.maximum(np.asarray(s, dtype=np.float64), 0.0)
     if x.sum() <= tau:
         return x
+    if tau == 0:
+        return np.zeros_like(x)
     u = np.sort(x)[::-1]
     css = np.cumsum(u) - tau
     idx = np.arange(1, u.size + 1)
-    rho = np.nonzero(u - css / idx > 0)[0][-1]
+    hits = np.nonzero(u - css / idx > 0)[0]
+    rho = int(hits[-1]) if hits.size else 0  # empty only when tau underflows against u[0]
     theta = css[rho] / (rho + 1.0)
     return np.maximum(x - theta, 0.0)
 

@@ -7,7 +7,10 @@ Claims (convex ``f``):
 (b) ``min_{1 <= k <= K} g(x_k) <= 2 beta C_f / (K + 2)`` with ``beta = 27/8`` for ``K >= 2``
     (Jaggi 2013, Theorem 2, verified against a formal statement of it), ``C_f <= L D^2``.
 
-Assumptions: as C1. (a) is checked for every variant (vanilla, line search, away-step,
+Source: Jaggi (2013), "Revisiting Frank-Wolfe", Section 2 (duality gap) and Theorem 2;
+the constant ``beta = 27/8`` was checked against a formalised statement of Theorem 2.
+
+Assumptions: as C1 (convex, ``L``-smooth, nuclear ball, ``D = 2 tau``, ``C_f <= L D^2``). (a) is checked for every variant (vanilla, line search, away-step,
 pairwise, refinement), since it holds at any feasible point; (b) for the open-loop and
 line-search steps and for the refinement (its one-step inequality is that of the FW step).
 

@@ -11,6 +11,9 @@ Claims, for a knot with step ``gamma`` and shrink ``rho`` on a site with factors
     the factors (COLA's optimizer reset; the trap of axolotl #1414 is a reset that
     resets nothing).
 
+Assumptions: a float32 site (``TensorSite``), a merge formed in float32 and cast once,
+dropout off (a plain tensor model has none).
+
 Source: the knot's definition (DESIGN §2; Xia, Qin and Hazan 2024, Algorithm 1).
 Tolerances: (a) ``2e-6 * max(1, |W|_max, |update|_max)`` per entry (two float32
 roundings); (b) ``1e-5 * max(1, |output|_max)``; (c) exact.
