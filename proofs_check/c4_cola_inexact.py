@@ -13,6 +13,10 @@ bound for every prefix ``t <= T``:
 checked. We check the deterministic-gradient case (the stochastic statement reduces to
 it when the oracle sees exact gradients).
 
+Assumptions: ``f`` ``beta``-smooth in the Frobenius norm (``beta = L``: 1 for the Cauchy
+loss, ``max |eig|`` of the Hessian for the indefinite quadratic); the nuclear ball of
+radius ``tau``, ``D = 2 tau``; ``M = f(x_1) - lower_bound(f)`` (``x_1 = W0``); ``eta <= 1``.
+
 The oracle is COLA's link: ``K`` SGD steps on factors ``(B, A)`` (B = 0 at the start) of
 ``<G / ||G||, B A>`` over the Burer-Monteiro ball, merged by a knot with
 ``step_size = eta, shrink = 1``. ``eps_t = <G, v_t> + tau sigma_max(G)`` is measured
