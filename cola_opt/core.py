@@ -301,14 +301,18 @@ class ResidualLowRankOptimizer:
         g.manual_seed((self.seed * 1_000_003 + link * 10_007 + site_index) % (2**63 - 1))
         return g
 
+    @staticmethod
+    def _update(site: Site, step_size: float, shrink: float) -> torch.Tensor:
+        update = site.delta()
+        if shrink != 0.0:
+            site.subtract_residual_(update, shrink)
+        if step_size != 1.0:
+            update.mul_(step_size)
+        return update
+
     def _updates(self, step_size: float, shrink: float) -> Iterable[tuple[Site, torch.Tensor]]:
         for site in self.sites:
-            update = site.delta()
-            if shrink != 0.0:
-                update.sub_(site.residual().to(update.device), alpha=shrink)
-            if step_size != 1.0:
-                update.mul_(step_size)
-            yield site, update
+            yield site, self._update(site, step_size, shrink)
 
     @torch.no_grad()
     def tie_knot(
@@ -336,21 +340,30 @@ class ResidualLowRankOptimizer:
             raise NonFiniteUpdateError(f"knot step_size={gamma} shrink={rho} must be finite")
         # Pass 1: check every site before changing any, so a failure leaves all intact.
         biggest = 0.0
+        held = None
         for site, update in self._updates(gamma, rho):
-            if not bool(torch.isfinite(update).all()):
+            lo, hi = torch.aminmax(update)
+            peak = float(torch.maximum(hi, -lo))  # max |entry|; NaN or inf if any entry is
+            if not math.isfinite(peak):
                 raise NonFiniteUpdateError(
                     f"refusing to merge link {self.link} at step {self.step_count}: the update of site "
                     f"{site.name!r} is not finite; the weights are unchanged"
                 )
-            if not bool(torch.isfinite(site.merged_value(update)).all()):
+            if not site.merged_is_finite(update):
                 raise NonFiniteUpdateError(
                     f"refusing to merge link {self.link} at step {self.step_count}: site {site.name!r} "
                     f"would overflow {site.weight.dtype}; the weights are unchanged"
                 )
-            biggest = max(biggest, float(update.abs().max()))
-        # Pass 2: merge (recomputed rather than held, so memory stays one site's worth).
-        for site, update in self._updates(gamma, rho):
-            site.merge(update)
+            biggest = max(biggest, peak)
+            held = update if len(self.sites) == 1 else None
+        # Pass 2: merge. One site's update is kept from pass 1; with several sites each is
+        # recomputed (bit-identical) so that memory stays one site's worth.
+        if held is not None:
+            self.sites[0].merge(held)
+            del held
+        else:
+            for site, update in self._updates(gamma, rho):
+                site.merge(update)
         merged_rank = max(s.rank for s in self.sites)
         if next_rank is None and self.ranks is not None and self.link + 1 < len(self.ranks):
             next_rank = self.ranks[self.link + 1]

@@ -53,11 +53,13 @@ class GradientOperator:
             :meth:`inner` cost ``O(nnz)`` on a dense ``X``.
     """
 
-    def __init__(self, dense: np.ndarray | None = None, *, sparse=None, rows=None, cols=None, values=None):
+    def __init__(self, dense: np.ndarray | None = None, *, sparse=None, rows=None, cols=None, values=None,
+                 flat=None):
         if (dense is None) == (sparse is None):
             raise ValueError("give exactly one of dense= or sparse=")
         self.dense, self.sparse = dense, sparse
         self.rows, self.cols, self.values = rows, cols, values
+        self.flat = flat  # row-major positions of the support (optional cache)
         self.shape = dense.shape if dense is not None else sparse.shape
 
     @property
@@ -85,8 +87,9 @@ class GradientOperator:
             return float(np.vdot(self.dense, _np(X)))
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().contiguous().numpy()
-        xs = np.asarray(X).reshape(-1)[self.rows * self.shape[1] + self.cols]
-        return float(np.dot(self.values, xs))
+        flat = self.flat if self.flat is not None else self.rows.astype(np.int64) * self.shape[1] + self.cols
+        xs = np.asarray(X).reshape(-1)[flat]
+        return float(np.dot(self.values, xs.astype(np.float64, copy=False)))
 
     def inner_lowrank(self, B: np.ndarray, A: np.ndarray) -> float:
         """``<G, B @ A>`` for ``B`` ``(m, k)`` and ``A`` ``(k, n)``, without forming ``B @ A``."""
@@ -124,6 +127,10 @@ class Objective(ABC):
     def gradient(self, W) -> GradientOperator:
         """``grad f(W)`` as a :class:`GradientOperator`."""
 
+    def value_and_gradient(self, W) -> tuple[float, GradientOperator]:
+        """``(f(W), grad f(W))``; objectives that can share work override it."""
+        return self.value(W), self.gradient(W)
+
     @abstractmethod
     def loss(self, W: torch.Tensor) -> torch.Tensor:
         """``f(W)`` as a differentiable torch scalar in ``W``'s dtype (for inner optimizers)."""
@@ -136,17 +143,18 @@ class Objective(ABC):
         """A number ``<= min f`` over ``{W0 + X : ||X||_* <= tau}`` (or everywhere if ``tau`` is None)."""
         return -math.inf
 
-    def along(self, W, B: np.ndarray, A: np.ndarray, shrink: float, X):
-        """Line functions for ``d = B @ A - shrink * X``: ``(curvature(), value_at(gamma))``.
+    def along(self, W, W0, B: np.ndarray, A: np.ndarray, shrink: float):
+        """Line functions for ``d = B @ A - shrink * (W - W0)``: ``(curvature(), value_at(gamma))``.
 
         ``curvature()`` is ``<d, H d>`` (quadratics only, else None); ``value_at(g)`` is
-        ``f(W + g d)``. The default forms ``d`` densely; sparse objectives override.
+        ``f(W + g d)``. The default forms ``d`` densely (float64); sparse objectives override.
         """
         cache = {}
 
         def d():
             if "d" not in cache:
-                cache["d"] = B @ A - shrink * _np(X)
+                X = _np(W) - (0.0 if W0 is None else _np(W0))
+                cache["d"] = B @ A - shrink * X if shrink else B @ A
             return cache["d"]
 
         curv = (lambda: self.curvature(d())) if self.quadratic else None
@@ -265,23 +273,45 @@ class _Observed(Objective):
     """Shared storage for losses over observed entries ``(rows[i], cols[i]) -> values[i]``."""
 
     def __init__(self, rows, cols, values, shape) -> None:
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.cols = np.asarray(cols, dtype=np.int64)
-        self.values = np.asarray(values, dtype=np.float64)
         self.shape = (int(shape[0]), int(shape[1]))
+        itype = np.int32 if self.shape[0] * self.shape[1] < 2**31 else np.int64  # halves index memory
+        self.rows = np.asarray(rows).astype(itype, copy=False)
+        self.cols = np.asarray(cols).astype(itype, copy=False)
+        self.values = np.asarray(values, dtype=np.float64)
         if not (self.rows.shape == self.cols.shape == self.values.shape) or self.rows.ndim != 1:
             raise ValueError("rows, cols and values must be 1-D arrays of one length")
         if self.rows.size and (self.rows.min() < 0 or self.rows.max() >= self.shape[0]
                                or self.cols.min() < 0 or self.cols.max() >= self.shape[1]):
             raise ValueError(f"observed indices fall outside the shape {self.shape}")
-        self._rt, self._ct = torch.from_numpy(self.rows), torch.from_numpy(self.cols)
-        self._flat = self.rows * self.shape[1] + self.cols
+        self._flat = self.rows.astype(itype) * itype(self.shape[1]) + self.cols
         self._vt = torch.from_numpy(self.values)
-        # CSR pattern once; gradients reuse it with new data.
-        order = np.lexsort((self.cols, self.rows))
-        self._order = order
-        self._csr = sp.csr_matrix((np.ones(self.rows.size), (self.rows[order], self.cols[order])), shape=self.shape)
-        self._csr.sort_indices()
+        self._torch_index = None
+        # The CSR pattern is built once; gradients share it with new data (no copies).
+        if self.rows.size and np.all(np.diff(self._flat) > 0):
+            self._order = None  # already in row-major order, no duplicates
+        else:
+            self._order = np.lexsort((self.cols, self.rows))
+        r = self.rows if self._order is None else self.rows[self._order]
+        c = self.cols if self._order is None else self.cols[self._order]
+        self._indptr = np.searchsorted(r, np.arange(self.shape[0] + 1)).astype(itype)
+        self._indices = np.ascontiguousarray(c, dtype=itype)
+
+    @property
+    def _rt(self) -> torch.Tensor:
+        """int64 row indices for torch indexing (built on first use: inner optimizers only)."""
+        if self._torch_index is None:
+            self._torch_index = (torch.from_numpy(self.rows.astype(np.int64)), torch.from_numpy(self.cols.astype(np.int64)))
+        return self._torch_index[0]
+
+    @property
+    def _ct(self) -> torch.Tensor:
+        self._rt
+        return self._torch_index[1]
+
+    def value_and_gradient(self, W):
+        _check_shape(W, self.shape, type(self).__name__)
+        w = self.gather(W)
+        return self._from_entries(w), self._sparse(self._grad_entries(w))
 
     def gather(self, W) -> np.ndarray:
         """``W[rows, cols]`` in float64."""
@@ -293,13 +323,23 @@ class _Observed(Objective):
         return self.gather(W) - self.values
 
     def _sparse(self, entries: np.ndarray) -> GradientOperator:
-        G = self._csr.copy()
-        G.data = entries[self._order]
-        return GradientOperator(sparse=G, rows=self.rows, cols=self.cols, values=entries)
+        data = entries if self._order is None else entries[self._order]
+        G = sp.csr_matrix((data, self._indices, self._indptr), shape=self.shape, copy=False)
+        return GradientOperator(sparse=G, rows=self.rows, cols=self.cols, values=entries, flat=self._flat)
 
-    def along(self, W, B, A, shrink, X):
+    def along(self, W, W0, B, A, shrink):
         w = self.gather(W)
-        d = np.einsum("ij,ji->i", B[self.rows], A[:, self.cols]) - shrink * self.gather(X)
+        d = np.zeros(self.rows.size)
+        step = 1 << 18
+        for i in range(0, d.size, step):  # in chunks: no |Omega|-sized temporaries
+            sl = slice(i, i + step)
+            r, c = self.rows[sl], self.cols[sl]
+            for k in range(B.shape[1]):
+                d[sl] += B[r, k] * A[k, c]
+        if shrink:
+            d -= shrink * w
+            if W0 is not None:
+                d += shrink * self.gather(W0)
         curv = (lambda: float(np.dot(d, d))) if self.quadratic else None
         return curv, (lambda g: self._from_entries(w + g * d))
 
@@ -515,7 +555,7 @@ class LowRankModel:
     """
 
     def __init__(self, objective: Objective, W0) -> None:
-        self.objective, self.W0 = objective, _np(W0)
+        self.objective, self.W0 = objective, np.zeros(objective.shape) if W0 is None else _np(W0)
 
     def value(self, P: np.ndarray, Q: np.ndarray) -> float:
         return self.objective.value(self.W0 + P @ Q.T)
@@ -523,19 +563,32 @@ class LowRankModel:
     def gradient(self, P: np.ndarray, Q: np.ndarray) -> GradientOperator:
         return self.objective.gradient(self.W0 + P @ Q.T)
 
+    def value_and_gradient(self, P: np.ndarray, Q: np.ndarray) -> tuple[float, GradientOperator]:
+        return self.objective.value_and_gradient(self.W0 + P @ Q.T)
+
 
 class _ObservedLowRank(LowRankModel):
     """Factored evaluation touching only the observed entries: ``O(|Omega| k)`` per call."""
 
     def __init__(self, objective: _Observed, W0) -> None:
         self.objective = objective
-        self.w0 = objective.gather(W0)
+        self.w0 = 0.0 if W0 is None else objective.gather(W0)
 
     def _entries(self, P, Q):
-        return self.w0 + np.einsum("ij,ij->i", P[self.objective.rows], Q[self.objective.cols])
+        rows, cols = self.objective.rows, self.objective.cols
+        k = P.shape[1]
+        if k * 8 >= min(P.shape[0], Q.shape[0]) or P.shape[0] * Q.shape[0] <= 4 * rows.size:
+            s = (P @ Q.T).reshape(-1)[self.objective._flat]  # dense product: BLAS wins here
+        else:
+            s = np.einsum("ij,ij->i", P[rows], Q[cols])
+        return self.w0 + s
 
     def value(self, P, Q) -> float:
         return self.objective._from_entries(self._entries(P, Q))
 
     def gradient(self, P, Q) -> GradientOperator:
         return self.objective._sparse(self.objective._grad_entries(self._entries(P, Q)))
+
+    def value_and_gradient(self, P, Q):
+        w = self._entries(P, Q)
+        return self.objective._from_entries(w), self.objective._sparse(self.objective._grad_entries(w))

@@ -77,10 +77,19 @@ def low_rank_matrix(m: int, n: int, rank: int, rng: np.random.Generator):
 def _observed(m, n, fraction, rng):
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"observed fraction {fraction} must be in (0, 1]")
-    count = max(1, int(round(fraction * m * n)))
-    flat = rng.choice(m * n, size=count, replace=False)
-    flat.sort()
-    return flat // n, flat % n
+    itype = np.int32 if m * n < 2**31 else np.int64
+    if m * n <= 4_000_000:  # exactly round(fraction m n) entries, uniformly
+        flat = rng.choice(m * n, size=max(1, int(round(fraction * m * n))), replace=False)
+        flat.sort()
+        return (flat // n).astype(itype), (flat % n).astype(itype)
+    # large: each entry observed independently with probability `fraction`, row block by row block
+    rows, cols = [], []
+    step = max(1, (1 << 22) // n)
+    for i in range(0, m, step):
+        r, c = np.nonzero(rng.random((min(step, m - i), n)) < fraction)
+        rows.append((r + i).astype(itype))
+        cols.append(c.astype(itype))
+    return np.concatenate(rows), np.concatenate(cols)
 
 
 def matrix_completion(m: int, n: int | None = None, *, rank: int = 5, fraction: float = 0.2, noise: float = 0.0,
@@ -89,6 +98,8 @@ def matrix_completion(m: int, n: int | None = None, *, rank: int = 5, fraction: 
 
     ``M = U V^T / sqrt(rank)`` (entries of unit variance), a uniform random ``fraction`` of
     entries observed with Gaussian ``noise``; ``tau = tau_ratio * ||M||_*``. ``L = 1``.
+    Up to ``m n = 4e6`` exactly ``round(fraction m n)`` entries are drawn; above, each entry
+    independently with probability ``fraction`` (no ``O(m n)`` index array).
 
     Raises:
         ValueError: on a bad size, rank or fraction.
@@ -99,7 +110,11 @@ def matrix_completion(m: int, n: int | None = None, *, rank: int = 5, fraction: 
     rows, cols = _observed(m, n, fraction, rng)
     U = rng.standard_normal((m, rank))
     V = rng.standard_normal((n, rank))
-    vals = np.einsum("ij,ij->i", U[rows], V[cols]) / np.sqrt(rank) + noise * rng.standard_normal(rows.size)
+    vals = np.empty(rows.size)
+    for i in range(0, rows.size, 1 << 18):  # in chunks: U[rows] would be |Omega| x rank
+        sl = slice(i, i + (1 << 18))
+        vals[sl] = np.einsum("ij,ij->i", U[rows[sl]], V[cols[sl]]) / np.sqrt(rank)
+    vals += noise * rng.standard_normal(rows.size)
     _, Ru = np.linalg.qr(U)
     _, Rv = np.linalg.qr(V)
     nuc = float(np.linalg.svd(Ru @ Rv.T, compute_uv=False).sum() / np.sqrt(rank))

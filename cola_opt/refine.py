@@ -46,6 +46,9 @@ class FactorRefinement:
         eta0: first step length; later calls start from the last accepted one.
         growth: multiply ``eta`` by this after an accepted step (``>= 1``).
         rtol: stop when a step decreases ``f`` by less than ``rtol * |f|``.
+        stall: stop when a step decreases ``f`` by less than ``stall`` times the first
+            step's decrease (the factors have stalled at this rank: let the next LMO step
+            add a direction).
         drop_rtol: singular values ``<= drop_rtol * s_max`` are dropped when compressing.
         max_backtracks: halvings allowed per step before giving up.
         accelerate: Nesterov momentum (FISTA, Beck and Teboulle 2009) with a restart
@@ -57,13 +60,15 @@ class FactorRefinement:
     """
 
     def __init__(self, steps: int = 50, eta0: float = 1.0, growth: float = 1.2, rtol: float = 1e-12,
-                 drop_rtol: float = 1e-8, max_backtracks: int = 40, accelerate: bool = True) -> None:
+                 drop_rtol: float = 1e-8, max_backtracks: int = 40, accelerate: bool = True,
+                 stall: float = 1e-3) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"refinement steps {steps!r} must be an int >= 1")
         if not (eta0 > 0 and math.isfinite(eta0)) or growth < 1:
             raise ValueError(f"need eta0 > 0 and growth >= 1, got {eta0}, {growth}")
         self.steps, self.eta, self.growth, self.rtol = steps, float(eta0), float(growth), float(rtol)
         self.drop_rtol, self.max_backtracks, self.accelerate = float(drop_rtol), int(max_backtracks), accelerate
+        self.stall = float(stall)
 
     def __repr__(self) -> str:
         return f"FactorRefinement(steps={self.steps})"
@@ -84,9 +89,10 @@ class FactorRefinement:
         f = f0 = model.value(P, Q)
         steps = backtracks = 0
         eta, momentum = self.eta, 1.0
-        YP, YQ, fy = P, Q, f
+        YP, YQ = P, Q
+        first_decrease = None
         while steps < self.steps:
-            G = model.gradient(YP, YQ)
+            fy, G = model.value_and_gradient(YP, YQ)
             gP, gQ = G.matmat(YQ), G.rmatmat(YP)
             for _ in range(self.max_backtracks):
                 Pn, Qn = self._project(YP - eta * gP, YQ - eta * gQ, tau)
@@ -102,20 +108,21 @@ class FactorRefinement:
             if fn > f:  # not a descent from the last accepted point: restart the momentum there
                 if YP is P:
                     break
-                YP, YQ, fy, momentum = P, Q, f, 1.0
+                YP, YQ, momentum = P, Q, 1.0
                 continue
             decrease = f - fn
             if self.accelerate:
                 nxt = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * momentum * momentum))
                 beta = (momentum - 1.0) / nxt
                 YP, YQ = self._project(Pn + beta * (Pn - P), Qn + beta * (Qn - Q), tau)
-                fy, momentum = (fn, nxt) if beta == 0.0 else (model.value(YP, YQ), nxt)
+                momentum = nxt
             else:
-                YP, YQ, fy = Pn, Qn, fn
+                YP, YQ = Pn, Qn
             P, Q, f = Pn, Qn, fn
             steps += 1
             eta *= self.growth
-            if decrease <= self.rtol * max(abs(f), 1e-300):
+            first_decrease = decrease if first_decrease is None else first_decrease
+            if decrease <= self.rtol * max(abs(f), 1e-300) or decrease < self.stall * first_decrease:
                 break
         self.eta = eta
         Uo, s, Vo = compress_factors(P, Q, rtol=self.drop_rtol)

@@ -123,6 +123,45 @@ class Site(ABC):
         current = self._master if self._master is not None else self.weight.float()
         return current - self._initial.to(current.device)
 
+    def _row_blocks(self):
+        rows = max(1, (1 << 20) // max(1, self.shape[1]))  # about 1M entries per block
+        return (slice(i, i + rows) for i in range(0, self.shape[0], rows))
+
+    @torch.no_grad()
+    def subtract_residual_(self, update: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        """``update -= alpha * (W - W0)`` in place, in row blocks (no ``(m, n)`` temporary).
+
+        Bit-identical to ``update.sub_(self.residual(), alpha=alpha)``; the residual is formed
+        block by block in float32 so that ``W - W0`` keeps its precision.
+
+        Raises:
+            RuntimeError: if the site was built without ``keep_initial=True``.
+        """
+        if self._initial is None:
+            raise RuntimeError(f"site {self.name!r} keeps no initial weight W0; build it with keep_initial=True")
+        current = self._master if self._master is not None else self.weight
+        for blk in self._row_blocks():
+            part = current[blk].float() - self._initial[blk].to(current.device)
+            update[blk].sub_(part.to(update.device), alpha=alpha)
+        return update
+
+    @torch.no_grad()
+    def merged_is_finite(self, update: torch.Tensor) -> bool:
+        """Whether :meth:`merged_value` would be finite (no ``(m, n)`` temporary).
+
+        Fast path: ``max|W| + max|update| < max(dtype) / 2`` proves every merged entry finite;
+        otherwise the sum is formed and checked in row blocks.
+        """
+        base = self._master if self._master is not None else self.weight
+        bound = sum(float(torch.maximum(hi, -lo)) for lo, hi in (torch.aminmax(base), torch.aminmax(update)))
+        if bound < 0.5 * torch.finfo(self.weight.dtype).max:
+            return True
+        for blk in self._row_blocks():
+            part = (base[blk].float() + update[blk].to(base.device)).to(self.weight.dtype)
+            if not bool(torch.isfinite(part).all()):
+                return False
+        return True
+
     @torch.no_grad()
     def merged_value(self, update: torch.Tensor) -> torch.Tensor:
         """What ``W`` would become after adding the fp32 ``update``: fp32 sum, cast once."""

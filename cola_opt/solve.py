@@ -61,6 +61,48 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).float()
 
 
+class _Residual:
+    """``X = W - W0`` of a site, materialised only when a dense consumer asks for it."""
+
+    def __init__(self, site: TensorSite, w0_zero: bool = False) -> None:
+        self.site, self._dense, self.w0_zero = site, None, w0_zero
+
+    def dense(self) -> torch.Tensor:
+        """The ``(m, n)`` float32 residual (cached until :meth:`release`)."""
+        if self._dense is None:
+            self._dense = self.site.residual()
+        return self._dense
+
+    def release(self) -> None:
+        self._dense = None
+
+    def inner(self, G) -> float:
+        """``<G, X>``; a sparse gradient needs only ``X`` on its support."""
+        if G.dense is not None:
+            return G.inner(self.dense())
+        gw = G.inner(self.site.weight)
+        return gw if self.w0_zero else gw - G.inner(self.site._initial)
+
+    def times(self, At: torch.Tensor) -> torch.Tensor:
+        """``X @ At`` for ``At`` of shape ``(n, k)``, as ``W @ At - W0 @ At``."""
+        if self._dense is not None:
+            return self._dense @ At
+        wa = self.site.weight.float() @ At
+        return wa if self.w0_zero else wa - self.site._initial @ At
+
+    def norm2(self) -> float:
+        """``||X||_F^2`` in float64, accumulated over row blocks."""
+        if self._dense is not None:
+            return float(torch.linalg.vector_norm(self._dense).double() ** 2)
+        total = 0.0
+        for blk in self.site._row_blocks():
+            part = self.site.weight[blk].float()
+            if not self.w0_zero:
+                part = part - self.site._initial[blk]
+            total += float(torch.linalg.vector_norm(part).double() ** 2)
+        return total
+
+
 class ChainSolver:
     """The chain loop over one matrix variable; see the module notes. Resumable.
 
@@ -133,7 +175,8 @@ class ChainSolver:
                                               shrink=constraint.shrink, seed=seed)
         tracked = variant != "vanilla" or refine is not None
         self.atoms = ActiveSet(m, n, constraint.tau) if tracked else None
-        self._model = objective.lowrank(self.site._initial) if refine is not None else None
+        self._w0_zero = not bool(self.site._initial.any())
+        self._model = objective.lowrank(None if self._w0_zero else self.site._initial) if refine is not None else None
         self.t, self.elapsed, self.inner_steps, self.rank_bound = 0, 0.0, 0, 0
         self.trace = Trace()
         self.inner_losses: list[float] = []
@@ -150,10 +193,9 @@ class ChainSolver:
         """Evaluate ``W_t``: append and return its trace row."""
         t0 = time.perf_counter()
         W = self.site.weight
-        G = self.objective.gradient(W)
-        f = self.objective.value(W)
-        X = self.site.residual()
-        gx = G.inner(X)
+        f, G = self.objective.value_and_gradient(W)
+        X = _Residual(self.site, self._w0_zero)
+        gx = X.inner(G)
         ans, gap = None, math.nan
         if isinstance(self.gap_set, NuclearBall):
             v0 = self._warm if (getattr(self.oracle, "warm_start", True) and self._warm is not None) else None
@@ -165,19 +207,20 @@ class ChainSolver:
         self.elapsed += time.perf_counter() - t0
         m, n = W.shape
         exact = self.record_rank == "exact" or (self.record_rank == "auto" and min(m, n) <= EXACT_RANK_MAX)
-        rank = numerical_rank(X) if exact else self.rank_bound
+        rank = numerical_rank(X.dense()) if exact else self.rank_bound
         row = TraceRow(iteration=self.t, primal=f, fw_gap=gap, rank=rank, rank_exact=exact, time=self.elapsed,
                        inner_steps=self.inner_steps, grad_norm=G.frobenius_norm())
         self.trace.rows.append(row)
         return row
 
     # ------------------------------------------------------------------ stepping
-    def _line(self, G, f, X, gx, B: np.ndarray, A: np.ndarray, shrink: float, gamma_max: float) -> Line:
+    def _line(self, G, f, X: _Residual, gx, B: np.ndarray, A: np.ndarray, shrink: float, gamma_max: float) -> Line:
         Bt, At = _t(B), _t(A)
         ba2 = float(np.sum((B.T @ B) * (A @ A.T)))
-        bax = float((Bt * (X @ At.t())).sum()) if shrink != 0.0 else 0.0
-        x2 = float(torch.linalg.vector_norm(X).double() ** 2) if shrink != 0.0 else 0.0
-        curv, value_at = self.objective.along(self.site.weight, B, A, shrink, X)
+        bax = float((Bt * X.times(At.t())).double().sum()) if shrink != 0.0 else 0.0
+        x2 = X.norm2() if shrink != 0.0 else 0.0
+        curv, value_at = self.objective.along(self.site.weight, None if self._w0_zero else self.site._initial,
+                                              B, A, shrink)
         return Line(t=self.t, f=f, slope=G.inner_lowrank(B, A) - shrink * gx,
                     norm2=max(ba2 - 2 * shrink * bax + shrink * shrink * x2, 0.0), gamma_max=gamma_max,
                     smoothness=self.objective.smoothness, curvature=curv, value_at=value_at)
@@ -212,6 +255,7 @@ class ChainSolver:
                 row.oracle_error = G.inner_lowrank(B, A) - ans.value
             line = self._line(G, f, X, gx, B, A, shrink, 1.0 if shrink else math.inf)
             gamma = self.rule(line)
+            X.release()
             self.chain.tie_knot(step_size=gamma, shrink=shrink, next_rank=self.oracle.rank)
             kind, k = "inexact", self.oracle.rank
             if self.atoms is not None:
@@ -225,7 +269,7 @@ class ChainSolver:
             self.rank_bound = len(self.atoms)
         row.step_size, row.direction = gamma, kind
         self._pending = None
-        del X
+        X.release()
         if self.refine is not None:
             U, s, V, info = self.refine.run(self._model, self.atoms.U, self.atoms.c, self.atoms.V, tau)
             self.atoms.set_svd(U, s, V)
@@ -244,7 +288,7 @@ class ChainSolver:
     def _exact_step(self, G, f, X, gx, ans):
         ball = self.constraint
         if isinstance(self.oracle, BlockLMO):
-            S = self.oracle.solve(G, X, ball, self.objective.smoothness, seed=self.seed + self.t)
+            S = self.oracle.solve(G, X.dense(), ball, self.objective.smoothness, seed=self.seed + self.t)
         elif ans is not None and self.gap_set is ball:
             S = ans
         else:
@@ -265,6 +309,7 @@ class ChainSolver:
                 shrink, gmax, kind = 0.0, lam, "pairwise"
         line = self._line(G, f, X, gx, B, A, shrink, gmax)
         gamma = float(self.rule(line))
+        X.release()
         self._merge(B, A, gamma, shrink)
         if self.atoms is not None:
             if kind == "away":
@@ -349,6 +394,7 @@ class ChainSolver:
         self.chain.load_state_dict(state["chain"])
         self.site.weight.copy_(state["W"])
         self.site._initial.copy_(state["W0"])
+        self._w0_zero = not bool(self.site._initial.any())
         if self.site.rank != state["A"].shape[0]:
             self.site.reset_factors(int(state["A"].shape[0]))
         self.site.lora_B.copy_(state["B"])
