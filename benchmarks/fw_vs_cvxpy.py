@@ -71,7 +71,6 @@ def worker(spec: dict) -> dict:
     from cola_opt.solve import minimize
     from cola_opt.step_sizes import ExactLineSearch, OpenLoop
 
-    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)  # pay torch.optim's lazy imports now
     if spec["method"] in ("SCS", "CLARABEL"):
         import cvxpy  # noqa: F401
     baseline = _rss_mb()

@@ -13,7 +13,7 @@ sensing; ``||Z||^2 / (4N)`` for logistic), ``D = 2 tau``.
 
 Check: ``f*`` is bracketed by cvxpy plus a Frank-Wolfe-gap certificate; the observed gap
 uses the *upper* end (a feasible value), so a reported violation is a definite one.
-Instances: completion, least squares, sensing and logistic, shapes 6..20, 3 variants.
+Instances: completion, least squares, sensing and logistic, shapes 6..20 (6 seeds), up to 3 variants.
 Broken variants: ``wrong_step`` (constant ``gamma = 1``), ``wrong_sign`` (LMO maximizes).
 """
 
@@ -38,7 +38,7 @@ BROKEN = ("wrong_step", "wrong_sign")
 def instances(quick: bool = False):
     rng = np.random.default_rng(1)
     out = []
-    for seed in range(2 if quick else 3):
+    for seed in range(2 if quick else 6):
         m, n = (int(x) for x in rng.integers(6, 21, size=2))
         out += [problems.matrix_completion(max(m, 8), n, rank=2, fraction=0.4, noise=0.05, tau_ratio=0.6, seed=seed),
                 problems.least_squares(m, n, rank=2, tau_ratio=0.5, seed=seed)]

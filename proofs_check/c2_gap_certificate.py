@@ -43,7 +43,10 @@ def instances(quick: bool = False):
            problems.least_squares(10, 8, rank=2, tau_ratio=0.5, seed=4),
            problems.multi_response_logistic(9, 5, tau_ratio=0.5, seed=5)]
     if not quick:
-        out += [problems.matrix_sensing(7, 6, rank=2, seed=6), problems.matrix_completion(20, rank=3, seed=7)]
+        out += [problems.matrix_sensing(7, 6, rank=2, seed=6), problems.matrix_completion(20, rank=3, seed=7),
+                problems.least_squares(16, 12, rank=3, tau_ratio=2.0, seed=8),
+                problems.multi_response_logistic(15, 8, tau_ratio=0.3, seed=9),
+                problems.matrix_completion(18, 14, rank=2, fraction=0.3, noise=0.2, tau_ratio=0.5, seed=10)]
     return out
 
 

@@ -40,7 +40,8 @@ BROKEN = ("wrong_step", "wrong_sign")
 def instances(quick: bool = False):
     out = [problems.cauchy_completion(14, 12, seed=1), problems.indefinite_least_squares(10, 8, mu=0.6, seed=2)]
     if not quick:
-        out += [problems.cauchy_completion(20, seed=3, outliers=0.2), problems.indefinite_least_squares(14, 6, mu=1.0, seed=4)]
+        out += [problems.cauchy_completion(20, seed=3, outliers=0.2), problems.indefinite_least_squares(14, 6, mu=1.0, seed=4),
+                problems.cauchy_completion(16, 10, seed=5, c=0.2), problems.indefinite_least_squares(9, 12, mu=0.3, seed=6)]
     return out
 
 

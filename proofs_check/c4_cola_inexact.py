@@ -22,7 +22,7 @@ The oracle is COLA's link: ``K`` SGD steps on factors ``(B, A)`` (B = 0 at the s
 ``step_size = eta, shrink = 1``. ``eps_t = <G, v_t> + tau sigma_max(G)`` is measured
 exactly at every link (and checked ``>= 0``).
 
-Instances: Cauchy completion and indefinite least squares, ranks 1-2, ``K`` in {3, 10}.
+Instances: Cauchy completion and indefinite least squares, ranks 1-3, ``K`` in {3, 5, 10, 20}.
 Broken variant: ``wrong_step`` (the knots merge with ``gamma = 1``, not ``eta``).
 """
 
@@ -49,7 +49,9 @@ def instances(quick: bool = False):
            (problems.cauchy_completion(12, 10, seed=1), 1, 3)]
     if not quick:
         out += [(problems.indefinite_least_squares(12, 6, mu=1.0, seed=5), 1, 3),
-                (problems.cauchy_completion(16, seed=6, outliers=0.2), 2, 10)]
+                (problems.cauchy_completion(16, seed=6, outliers=0.2), 2, 10),
+                (problems.indefinite_least_squares(14, 10, mu=0.4, seed=7), 3, 5),
+                (problems.cauchy_completion(12, 18, seed=8, c=0.3), 1, 20)]
     return out
 
 

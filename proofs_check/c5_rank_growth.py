@@ -32,7 +32,7 @@ def run(broken: str | None = None, quick: bool = False, links: int = 12):
     if broken not in (None,) + BROKEN:
         raise ValueError(f"unknown broken variant {broken!r}; choose from {BROKEN}")
     tr = Tracker(NAME, CLAIM, slack=0.0, broken=broken)
-    shapes = [(14, 11), (20, 20)] if not quick else [(14, 11)]
+    shapes = [(14, 11), (20, 20), (8, 30), (25, 9)] if not quick else [(14, 11)]
     for seed, (m, n) in enumerate(shapes):
         pb = problems.matrix_completion(m, n, rank=4, fraction=0.6, noise=0.1, tau_ratio=0.9, seed=seed)
         ball = NuclearBall(pb.tau)

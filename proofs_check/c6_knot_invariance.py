@@ -17,7 +17,7 @@ dropout off (a plain tensor model has none).
 Source: the knot's definition (DESIGN §2; Xia, Qin and Hazan 2024, Algorithm 1).
 Tolerances: (a) ``2e-6 * max(1, |W|_max, |update|_max)`` per entry (two float32
 roundings); (b) ``1e-5 * max(1, |output|_max)``; (c) exact.
-Instances: random shapes 2..24, ranks, ``lora_alpha``, ``gamma``, ``rho``, a small MLP
+Instances: 200 random sites of shapes 2..24, ranks, ``lora_alpha``, ``gamma``, ``rho``, a small MLP
 (tanh) whose first layer is the site, one Adam step before each knot.
 Broken variants: ``skipped_reset`` (optimizer state kept), ``no_reinit`` (factors not
 re-initialised), ``wrong_sign`` (the merge subtracts the update).
@@ -56,13 +56,13 @@ def _net(W: torch.Tensor, V: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(x @ W.t()) @ V
 
 
-def run(broken: str | None = None, quick: bool = False, instances: int = 40):
+def run(broken: str | None = None, quick: bool = False, instances: int = 200):
     if broken not in (None,) + BROKEN:
         raise ValueError(f"unknown broken variant {broken!r}; choose from {BROKEN}")
     tr = Tracker(NAME, CLAIM, slack=0.0, broken=broken)
     rng = np.random.default_rng(0)
     site_cls = {"no_reinit": _NoReinitSite, "wrong_sign": _WrongSignSite}.get(broken, TensorSite)
-    for i in range(instances // (4 if quick else 1)):
+    for i in range(instances // (20 if quick else 1)):
         m, n = (int(v) for v in rng.integers(2, 25, size=2))
         r = int(rng.integers(1, min(m, n) + 1))
         alpha = [None, float(r), 2.0 * r][i % 3]
