@@ -112,6 +112,7 @@ def _spawn(method: str, args, knot_steps: list[int]) -> subprocess.Popen:
            "--malloc", args.malloc, "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads),
            "--autocast", args.autocast, "--knot-steps", ",".join(map(str, knot_steps))]
     env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as cola_opt sets it; spinning threads stall on shared cores
     if args.malloc == "fixed":  # glibc: no dynamic mmap threshold, so big freed blocks go back to the OS
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -330,22 +330,30 @@ class ResidualLowRankOptimizer:
         g.manual_seed((self.seed * 1_000_003 + link * 10_007 + site_index) % (2**63 - 1))
         return g
 
+    @staticmethod
+    def _update(site: Site, step_size: float, shrink: float) -> torch.Tensor:
+        update = site.delta()
+        if shrink != 0.0:
+            site.subtract_residual_(update, shrink)
+        if step_size != 1.0:
+            update.mul_(step_size)
+        return update
+
     def _updates(self, step_size: float, shrink: float) -> Iterable[tuple[Site, torch.Tensor]]:
         for site in self.sites:
-            update = site.delta()
-            if shrink != 0.0:
-                update.sub_(site.residual().to(update.device), alpha=shrink)
-            if step_size != 1.0:
-                update.mul_(step_size)
-            yield site, update
+            yield site, self._update(site, step_size, shrink)
 
     @torch.no_grad()
-    def tie_knot(self, step_size: float | None = None, shrink: float | None = None) -> KnotRecord:
+    def tie_knot(
+        self, step_size: float | None = None, shrink: float | None = None, next_rank: int | None = None
+    ) -> KnotRecord:
         """Merge the current link into every site, then start the next link.
 
         Args:
             step_size: overrides the chain's ``gamma`` for this knot.
             shrink: overrides the chain's shrink coefficient for this knot.
+            next_rank: rank of the link that starts after the knot; overrides the
+                ``ranks`` schedule. ``None`` follows the schedule (or keeps the rank).
 
         Returns:
             the :class:`KnotRecord` (also appended to :attr:`knots`).
@@ -361,27 +369,37 @@ class ResidualLowRankOptimizer:
             raise NonFiniteUpdateError(f"knot step_size={gamma} shrink={rho} must be finite")
         # Pass 1: check every site before changing any, so a failure leaves all intact.
         biggest = 0.0
+        held = None
         for site, update in self._updates(gamma, rho):
-            if not bool(torch.isfinite(update).all()):
+            lo, hi = torch.aminmax(update)
+            peak = float(torch.maximum(hi, -lo))  # max |entry|; NaN or inf if any entry is
+            if not math.isfinite(peak):
                 raise NonFiniteUpdateError(
                     f"refusing to merge link {self.link} at step {self.step_count}: the update of site "
                     f"{site.name!r} is not finite; the weights are unchanged"
                 )
-            if not bool(torch.isfinite(site.merged_value(update)).all()):
+            if not site.merged_is_finite(update):
                 raise NonFiniteUpdateError(
                     f"refusing to merge link {self.link} at step {self.step_count}: site {site.name!r} "
                     f"would overflow {site.weight.dtype}; the weights are unchanged"
                 )
-            biggest = max(biggest, float(update.abs().max()))
+            biggest = max(biggest, peak)
+            held = update if len(self.sites) == 1 else None
         t_hooks = time.perf_counter()
         for hook in list(self._hooks["before"]):
             hook(self, None)
         t_hooks = time.perf_counter() - t_hooks
-        # Pass 2: merge (recomputed rather than held, so memory stays one site's worth).
-        for site, update in self._updates(gamma, rho):
-            site.merge(update)
+        # Pass 2: merge. One site's update is kept from pass 1; with several sites each is
+        # recomputed (bit-identical) so that memory stays one site's worth.
+        if held is not None:
+            self.sites[0].merge(held)
+            del held
+        else:
+            for site, update in self._updates(gamma, rho):
+                site.merge(update)
         merged_rank = max(s.rank for s in self.sites)
-        next_rank = self.ranks[self.link + 1] if self.ranks is not None and self.link + 1 < len(self.ranks) else None
+        if next_rank is None and self.ranks is not None and self.link + 1 < len(self.ranks):
+            next_rank = self.ranks[self.link + 1]
         for i, site in enumerate(self.sites):
             site.reset_factors(next_rank, generator=self._generator(self.link + 1, i))
         self.reset_policy(self.optimizer, self.factor_parameters())
@@ -401,6 +419,43 @@ class ResidualLowRankOptimizer:
         for hook in list(self._hooks["after"]):
             hook(self, record)
         return record
+
+    def merge_low_rank(
+        self,
+        factors: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        *,
+        step_size: float,
+        shrink: float,
+        next_rank: int | None = None,
+    ) -> KnotRecord:
+        """Merge explicit low-rank updates: ``W <- W + step_size * (B @ A - shrink * (W - W0))``.
+
+        Writes ``(B, A)`` into each site's link with :meth:`Site.set_factors`, then ties a
+        knot; all checks, re-initialisation, optimizer reset and records are the knot's.
+        Exact oracles (Frank-Wolfe atoms, away and pairwise directions, refined factors)
+        reach the weights only through this method.
+
+        Args:
+            factors: one ``(B, A)`` pair per site, ``B`` of shape ``(m, k)``, ``A`` ``(k, n)``.
+            step_size, shrink, next_rank: as in :meth:`tie_knot`.
+
+        Raises:
+            ValueError: on a wrong number of pairs or factor shapes that do not fit a site.
+            NonFiniteUpdateError: as in :meth:`tie_knot`.
+        """
+        factors = list(factors)
+        if len(factors) != len(self.sites):
+            raise ValueError(f"{len(factors)} factor pairs given for {len(self.sites)} sites")
+        for site, (B, A) in zip(self.sites, factors):  # check all before writing any
+            m, n = site.shape
+            if B.ndim != 2 or A.ndim != 2 or tuple(B.shape[:1]) != (m,) or A.shape[-1] != n or B.shape[1] != A.shape[0]:
+                raise ValueError(
+                    f"factors of shapes {tuple(B.shape)} and {tuple(A.shape)} do not form the ({m}, {n}) "
+                    f"update of site {site.name!r}"
+                )
+        for site, (B, A) in zip(self.sites, factors):
+            site.set_factors(B, A)
+        return self.tie_knot(step_size=step_size, shrink=shrink, next_rank=next_rank)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

@@ -62,6 +62,22 @@ def is_sharded(t: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
+def _sum_is_finite(base: torch.Tensor, update: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether ``(base.float() + update).to(dtype)`` is finite everywhere, in row blocks of ~1M entries."""
+    if base.numel() == 0:
+        return True
+    bound = sum(float(torch.maximum(hi, -lo)) for lo, hi in (torch.aminmax(base), torch.aminmax(update)))
+    if bound < 0.5 * torch.finfo(dtype).max:
+        return True
+    rows = max(1, (1 << 20) // max(1, base.shape[1]))
+    for i in range(0, base.shape[0], rows):
+        part = (base[i:i + rows].float() + update[i:i + rows].to(base.device)).to(dtype)
+        if not bool(torch.isfinite(part).all()):
+            return False
+    return True
+
+
+@torch.no_grad()
 def reinit_factors_(lora_B: torch.Tensor, lora_A: torch.Tensor, generator: torch.Generator | None = None) -> None:
     """Re-initialise a link in place: ``A`` Kaiming-uniform, ``B`` zeros.
 
@@ -91,9 +107,10 @@ class Site(ABC):
     once, for every kind of site.
 
     Sharded parameters (FSDP2 ``fully_shard``, whose parameters are ``DTensor`` shards)
-    are merged under full values: :meth:`delta` all-gathers the factors, the finiteness
-    check sees the whole merged weight, and each process adds its own slice of the
-    (identical) fp32 update to its shard. FSDP1 parameters must be un-sharded around the
+    are merged under full values: :meth:`delta` all-gathers the factors into the full fp32
+    update (the same on every process), each process checks and adds its own slice of it
+    on its shard, and the finiteness verdicts are joined so that all processes merge or
+    none does. FSDP1 parameters must be un-sharded around the
     knot instead (:func:`cola_opt.llm.distributed.full_parameters`).
 
     Args:
@@ -170,6 +187,45 @@ class Site(ABC):
         current = full_tensor(self._master if self._master is not None else self.weight).float()
         return current - self._initial.to(current.device)
 
+    def _row_blocks(self):
+        rows = max(1, (1 << 20) // max(1, self.shape[1]))  # about 1M entries per block
+        return (slice(i, i + rows) for i in range(0, self.shape[0], rows))
+
+    @torch.no_grad()
+    def subtract_residual_(self, update: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        """``update -= alpha * (W - W0)`` in place, in row blocks (no ``(m, n)`` temporary).
+
+        Bit-identical to ``update.sub_(self.residual(), alpha=alpha)``; the residual is formed
+        block by block in float32 so that ``W - W0`` keeps its precision.
+
+        Raises:
+            RuntimeError: if the site was built without ``keep_initial=True``.
+        """
+        if self._initial is None:
+            raise RuntimeError(f"site {self.name!r} keeps no initial weight W0; build it with keep_initial=True")
+        current = full_tensor(self._master if self._master is not None else self.weight)
+        for blk in self._row_blocks():
+            part = current[blk].float() - self._initial[blk].to(current.device)
+            update[blk].sub_(part.to(update.device), alpha=alpha)
+        return update
+
+    @torch.no_grad()
+    def merged_is_finite(self, update: torch.Tensor) -> bool:
+        """Whether :meth:`merged_value` would be finite (no ``(m, n)`` temporary).
+
+        Fast path: ``max|W| + max|update| < max(dtype) / 2`` proves every merged entry finite;
+        otherwise the sum is formed and checked in row blocks. A sharded (FSDP2) weight is
+        checked on each process's shard and the verdicts are joined (a collective), so every
+        process answers the same.
+        """
+        base = self._master if self._master is not None else self.weight
+        if not is_sharded(base):
+            return _sum_is_finite(base, update, self.weight.dtype)
+        mine = local_part(update.to(device=base.device, dtype=torch.float32), base).to_local()
+        ok = torch.tensor([int(_sum_is_finite(base.to_local(), mine, self.weight.dtype))], device=mine.device)
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN, group=base.device_mesh.get_group())
+        return bool(ok.item())
+
     @torch.no_grad()
     def merged_value(self, update: torch.Tensor) -> torch.Tensor:
         """What ``W`` would become after adding the fp32 ``update``: fp32 sum, cast once.
@@ -197,6 +253,41 @@ class Site(ABC):
             w.add_(update)
         else:
             w.copy_(w.float().add_(update))
+
+    @torch.no_grad()
+    def set_factors(self, B: torch.Tensor, A: torch.Tensor) -> None:
+        """Write an explicit low-rank update into the current link: afterwards ``delta() == B @ A``.
+
+        The link takes the rank ``k`` of the given factors (the same Parameter objects are
+        resized when ``k`` differs), and ``B / scaling`` is stored so that
+        ``scaling * lora_B @ lora_A`` equals ``B @ A`` up to float rounding. This is how an
+        exact oracle (a Frank-Wolfe atom, say) hands its answer to the chain, whose knot then
+        merges it like any trained link. The inner optimizer's state is not touched here;
+        the knot that follows resets it.
+
+        Args:
+            B: ``(m, k)`` factor, any float dtype (copied as float32-compatible values).
+            A: ``(k, n)`` factor.
+
+        Raises:
+            ValueError: if the shapes do not chain to ``(m, n)`` or ``k`` is not in
+                ``[1, min(m, n)]``.
+        """
+        m, n = self.shape
+        if B.ndim != 2 or A.ndim != 2 or B.shape[0] != m or A.shape[1] != n or B.shape[1] != A.shape[0]:
+            raise ValueError(
+                f"factors of shapes {tuple(B.shape)} and {tuple(A.shape)} do not form the ({m}, {n}) update "
+                f"of site {self.name!r}"
+            )
+        k = int(A.shape[0])
+        if not 1 <= k <= min(m, n):
+            raise ValueError(f"rank {k} for site {self.name!r} must be in [1, {min(m, n)}] (weight {m}x{n})")
+        if k != self.rank:
+            self._resize(k)
+        b = (B.detach().to(torch.float32) / self.scaling).to(self.lora_B.device)
+        self.lora_B.copy_(local_part(b.to(self.lora_B.dtype), self.lora_B))
+        a = A.detach().to(torch.float32).to(self.lora_A.device)
+        self.lora_A.copy_(local_part(a.to(self.lora_A.dtype), self.lora_A))
 
     @torch.no_grad()
     def reset_factors(self, rank: int | None = None, generator: torch.Generator | None = None) -> None:

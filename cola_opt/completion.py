@@ -1,0 +1,227 @@
+"""Losses over observed entries: matrix completion (convex) and Cauchy-loss completion (nonconvex).
+
+Both store the observed set ``Omega`` as ``(rows, cols, values)`` (int32 indices when
+``m n < 2^31``), return sparse gradients with support ``Omega`` (scipy CSR sharing one
+index pattern), and evaluate ``f(W0 + P Q^T)`` from factors on ``Omega`` only, so that
+nothing of size ``m x n`` is formed except ``W`` itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .objectives import GradientOperator, LowRankModel, Objective, _check_shape
+
+__all__ = ["MatrixCompletion", "CauchyCompletion"]
+
+
+class _Observed(Objective):
+    """Shared storage for losses over observed entries ``(rows[i], cols[i]) -> values[i]``."""
+
+    def __init__(self, rows, cols, values, shape) -> None:
+        self.shape = (int(shape[0]), int(shape[1]))
+        itype = np.int32 if self.shape[0] * self.shape[1] < 2**31 else np.int64  # halves index memory
+        self.rows = np.asarray(rows).astype(itype, copy=False)
+        self.cols = np.asarray(cols).astype(itype, copy=False)
+        self.values = np.asarray(values, dtype=np.float64)
+        if not (self.rows.shape == self.cols.shape == self.values.shape) or self.rows.ndim != 1:
+            raise ValueError("rows, cols and values must be 1-D arrays of one length")
+        if self.rows.size and (self.rows.min() < 0 or self.rows.max() >= self.shape[0]
+                               or self.cols.min() < 0 or self.cols.max() >= self.shape[1]):
+            raise ValueError(f"observed indices fall outside the shape {self.shape}")
+        self._flat = self.rows.astype(itype) * itype(self.shape[1]) + self.cols
+        self._vt = torch.from_numpy(self.values)
+        self._torch_index = None
+        # The CSR pattern is built once; gradients share it with new data (no copies).
+        if self.rows.size and np.all(np.diff(self._flat) > 0):
+            self._order = None  # already in row-major order, no duplicates
+        else:
+            self._order = np.lexsort((self.cols, self.rows))
+        r = self.rows if self._order is None else self.rows[self._order]
+        c = self.cols if self._order is None else self.cols[self._order]
+        self._indptr = np.searchsorted(r, np.arange(self.shape[0] + 1)).astype(itype)
+        self._indices = np.ascontiguousarray(c, dtype=itype)
+
+    @property
+    def _rt(self) -> torch.Tensor:
+        """int64 row indices for torch indexing (built on first use: inner optimizers only)."""
+        if self._torch_index is None:
+            self._torch_index = (torch.from_numpy(self.rows.astype(np.int64)), torch.from_numpy(self.cols.astype(np.int64)))
+        return self._torch_index[0]
+
+    @property
+    def _ct(self) -> torch.Tensor:
+        self._rt
+        return self._torch_index[1]
+
+    def value_and_gradient(self, W):
+        _check_shape(W, self.shape, type(self).__name__)
+        w = self.gather(W)
+        return self._from_entries(w), self._sparse(self._grad_entries(w))
+
+    def gather(self, W) -> np.ndarray:
+        """``W[rows, cols]`` in float64."""
+        if isinstance(W, torch.Tensor):
+            W = W.detach().cpu().contiguous().numpy()
+        return np.asarray(W).reshape(-1)[self._flat].astype(np.float64)
+
+    def residual(self, W) -> np.ndarray:
+        return self.gather(W) - self.values
+
+    def _sparse(self, entries: np.ndarray) -> GradientOperator:
+        data = entries if self._order is None else entries[self._order]
+        G = sp.csr_matrix((data, self._indices, self._indptr), shape=self.shape, copy=False)
+        return GradientOperator(sparse=G, rows=self.rows, cols=self.cols, values=entries, flat=self._flat)
+
+    def along(self, W, W0, B, A, shrink):
+        w = self.gather(W)
+        d = np.zeros(self.rows.size)
+        step = 1 << 18
+        for i in range(0, d.size, step):  # in chunks: no |Omega|-sized temporaries
+            sl = slice(i, i + step)
+            r, c = self.rows[sl], self.cols[sl]
+            for k in range(B.shape[1]):
+                d[sl] += B[r, k] * A[k, c]
+        if shrink:
+            d -= shrink * w
+            if W0 is not None:
+                d += shrink * self.gather(W0)
+        curv = (lambda: float(np.dot(d, d))) if self.quadratic else None
+        return curv, (lambda g: self._from_entries(w + g * d))
+
+    def lowrank(self, W0) -> "LowRankModel":
+        return _ObservedLowRank(self, W0)
+
+    def selection_cvxpy(self, X):
+        """``X[rows, cols]`` as a cvxpy expression (row-major selection of ``vec(X)``)."""
+        import cvxpy as cp
+
+        m, n = self.shape
+        S = sp.csr_matrix((np.ones(self.rows.size), (np.arange(self.rows.size), self.rows * n + self.cols)),
+                          shape=(self.rows.size, m * n))
+        return S @ cp.vec(X, order="C")
+
+
+class MatrixCompletion(_Observed):
+    """``f(W) = 1/2 sum_{(i,j) in Omega} (W_ij - M_ij)^2`` over the observed set ``Omega``.
+
+    The Hessian is the projection onto ``Omega``, so ``L = 1``. The gradient is sparse
+    (support ``Omega``); Candes and Recht (2009) pose the nuclear-norm version.
+
+    Args:
+        rows, cols: 1-D int arrays of observed positions; values: the observed ``M_ij``.
+        shape: ``(m, n)``.
+
+    Raises:
+        ValueError: on mismatched lengths or indices outside ``shape``.
+    """
+
+    quadratic = True
+    smoothness = 1.0
+
+    def value(self, W) -> float:
+        _check_shape(W, self.shape, "MatrixCompletion")
+        return self._from_entries(self.gather(W))
+
+    def _from_entries(self, w: np.ndarray) -> float:
+        r = w - self.values
+        return 0.5 * float(np.dot(r, r))
+
+    def _grad_entries(self, w: np.ndarray) -> np.ndarray:
+        return w - self.values
+
+    def gradient(self, W) -> GradientOperator:
+        _check_shape(W, self.shape, "MatrixCompletion")
+        return self._sparse(self.residual(W))
+
+    def loss(self, W):
+        r = W[self._rt, self._ct] - self._vt.to(W.dtype)
+        return 0.5 * (r * r).sum()
+
+    def curvature(self, D) -> float:
+        d = self.gather(D)
+        return float(np.dot(d, d))
+
+    def lower_bound(self, tau=None, W0=None) -> float:
+        return 0.0
+
+    def cvxpy_objective(self, X):
+        import cvxpy as cp
+
+        return 0.5 * cp.sum_squares(self.selection_cvxpy(X) - self.values)
+
+
+class CauchyCompletion(_Observed):
+    """Nonconvex robust completion: ``f(W) = sum_Omega c^2/2 log(1 + ((W_ij - M_ij)/c)^2)``.
+
+    ``rho(z) = c^2/2 log(1 + z^2/c^2)`` has ``rho''(z) = (1 - z^2/c^2) / (1 + z^2/c^2)^2``
+    in ``[-1/8, 1]``, so ``L = 1``; ``f >= 0`` gives the lower bound 0. Nonconvex
+    wherever a residual exceeds ``c``.
+
+    Raises:
+        ValueError: if ``c <= 0``, or as :class:`MatrixCompletion`.
+    """
+
+    convex = False
+    smoothness = 1.0
+
+    def __init__(self, rows, cols, values, shape, c: float = 1.0) -> None:
+        if not c > 0:
+            raise ValueError(f"Cauchy scale c = {c} must be > 0")
+        super().__init__(rows, cols, values, shape)
+        self.c = float(c)
+
+    def value(self, W) -> float:
+        _check_shape(W, self.shape, "CauchyCompletion")
+        return self._from_entries(self.gather(W))
+
+    def _from_entries(self, w: np.ndarray) -> float:
+        z = (w - self.values) / self.c
+        return 0.5 * self.c**2 * float(np.log1p(z * z).sum())
+
+    def _grad_entries(self, w: np.ndarray) -> np.ndarray:
+        r = w - self.values
+        return r / (1.0 + (r / self.c) ** 2)
+
+    def gradient(self, W) -> GradientOperator:
+        _check_shape(W, self.shape, "CauchyCompletion")
+        r = self.residual(W)
+        return self._sparse(r / (1.0 + (r / self.c) ** 2))
+
+    def loss(self, W):
+        z = (W[self._rt, self._ct] - self._vt.to(W.dtype)) / self.c
+        return 0.5 * self.c**2 * torch.log1p(z * z).sum()
+
+    def lower_bound(self, tau=None, W0=None) -> float:
+        return 0.0
+
+
+class _ObservedLowRank(LowRankModel):
+    """Factored evaluation touching only the observed entries: ``O(|Omega| k)`` per call."""
+
+    def __init__(self, objective: _Observed, W0) -> None:
+        self.objective = objective
+        self.w0 = 0.0 if W0 is None else objective.gather(W0)
+
+    def _entries(self, P, Q):
+        rows, cols = self.objective.rows, self.objective.cols
+        if P.shape[0] * Q.shape[0] <= 4_000_000:  # small: one BLAS product, then a gather
+            return self.w0 + (P @ Q.T).reshape(-1)[self.objective._flat]
+        s = np.empty(rows.size)
+        step = 1 << 18  # in chunks: P[rows] would be |Omega| x k
+        for i in range(0, rows.size, step):
+            sl = slice(i, i + step)
+            s[sl] = np.einsum("ij,ij->i", P[rows[sl]], Q[cols[sl]])
+        return self.w0 + s
+
+    def value(self, P, Q) -> float:
+        return self.objective._from_entries(self._entries(P, Q))
+
+    def gradient(self, P, Q) -> GradientOperator:
+        return self.objective._sparse(self.objective._grad_entries(self._entries(P, Q)))
+
+    def value_and_gradient(self, P, Q):
+        w = self._entries(P, Q)
+        return self.objective._from_entries(w), self.objective._sparse(self.objective._grad_entries(w))

@@ -1,0 +1,202 @@
+"""Generated instances of the objectives, reproducible from a seed.
+
+Each generator returns a :class:`Problem`: the objective, the nuclear-ball radius ``tau``
+(constraint on the residual ``X = W - W0``), the start ``W0`` (zeros) and the ground truth.
+``tau`` is set from the truth's nuclear norm by ``tau_ratio``: below 1 the constraint is
+active at the optimum, above 1 it usually is not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .objectives import (
+    CauchyCompletion,
+    IndefiniteLeastSquares,
+    MatrixCompletion,
+    MatrixLeastSquares,
+    MatrixSensing,
+    MultiResponseLogistic,
+    Objective,
+)
+
+__all__ = [
+    "Problem",
+    "low_rank_matrix",
+    "matrix_completion",
+    "cauchy_completion",
+    "least_squares",
+    "indefinite_least_squares",
+    "matrix_sensing",
+    "multi_response_logistic",
+]
+
+
+@dataclass
+class Problem:
+    """An objective with its constraint radius and start.
+
+    Attributes:
+        objective: the :class:`Objective`.
+        tau: nuclear-norm radius of the residual ball (``D = 2 tau`` in Frobenius norm).
+        W0: the ``(m, n)`` float32 start (zeros).
+        truth: the generating matrix, when there is one (float64).
+        name: a label.
+        info: generator settings.
+    """
+
+    objective: Objective
+    tau: float
+    W0: np.ndarray
+    truth: np.ndarray | None = None
+    name: str = ""
+    info: dict = field(default_factory=dict)
+
+
+def _check(n: int, rank: int) -> None:
+    if n < 1 or rank < 1:
+        raise ValueError(f"dimensions and rank must be >= 1, got n={n}, rank={rank}")
+
+
+def low_rank_matrix(m: int, n: int, rank: int, rng: np.random.Generator):
+    """``U V^T / sqrt(rank)`` with standard Gaussian ``U`` ``(m, rank)``, ``V`` ``(n, rank)``.
+
+    Returns ``(M, nuclear_norm)``; the norm comes from the ``rank x rank`` core, so it is
+    cheap even for ``n = 5000``.
+    """
+    U = rng.standard_normal((m, rank))
+    V = rng.standard_normal((n, rank))
+    _, Ru = np.linalg.qr(U)
+    _, Rv = np.linalg.qr(V)
+    nuc = float(np.linalg.svd(Ru @ Rv.T, compute_uv=False).sum() / np.sqrt(rank))
+    return (U @ V.T) / np.sqrt(rank), nuc
+
+
+def _observed(m, n, fraction, rng):
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"observed fraction {fraction} must be in (0, 1]")
+    itype = np.int32 if m * n < 2**31 else np.int64
+    if m * n <= 4_000_000:  # exactly round(fraction m n) entries, uniformly
+        flat = rng.choice(m * n, size=max(1, int(round(fraction * m * n))), replace=False)
+        flat.sort()
+        return (flat // n).astype(itype), (flat % n).astype(itype)
+    # large: each entry observed independently with probability `fraction`, row block by row block
+    rows, cols = [], []
+    step = max(1, (1 << 22) // n)
+    for i in range(0, m, step):
+        r, c = np.nonzero(rng.random((min(step, m - i), n)) < fraction)
+        rows.append((r + i).astype(itype))
+        cols.append(c.astype(itype))
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+def matrix_completion(m: int, n: int | None = None, *, rank: int = 5, fraction: float = 0.2, noise: float = 0.0,
+                      tau_ratio: float = 0.5, seed: int = 0) -> Problem:
+    """Nuclear-ball matrix completion (the DESIGN §6 benchmark: rank 5, 20% observed).
+
+    ``M = U V^T / sqrt(rank)`` (entries of unit variance), a uniform random ``fraction`` of
+    entries observed with Gaussian ``noise``; ``tau = tau_ratio * ||M||_*``. ``L = 1``.
+    Up to ``m n = 4e6`` exactly ``round(fraction m n)`` entries are drawn; above, each entry
+    independently with probability ``fraction`` (no ``O(m n)`` index array).
+
+    Raises:
+        ValueError: on a bad size, rank or fraction.
+    """
+    n = m if n is None else n
+    _check(min(m, n), rank)
+    rng = np.random.default_rng(seed)
+    rows, cols = _observed(m, n, fraction, rng)
+    U = rng.standard_normal((m, rank))
+    V = rng.standard_normal((n, rank))
+    vals = np.empty(rows.size)
+    for i in range(0, rows.size, 1 << 18):  # in chunks: U[rows] would be |Omega| x rank
+        sl = slice(i, i + (1 << 18))
+        vals[sl] = np.einsum("ij,ij->i", U[rows[sl]], V[cols[sl]]) / np.sqrt(rank)
+    vals += noise * rng.standard_normal(rows.size)
+    _, Ru = np.linalg.qr(U)
+    _, Rv = np.linalg.qr(V)
+    nuc = float(np.linalg.svd(Ru @ Rv.T, compute_uv=False).sum() / np.sqrt(rank))
+    truth = (U @ V.T) / np.sqrt(rank) if m * n <= 4_000_000 else None
+    obj = MatrixCompletion(rows, cols, vals, (m, n))
+    return Problem(obj, tau_ratio * nuc, np.zeros((m, n), np.float32), truth, f"completion-{m}x{n}",
+                   dict(rank=rank, fraction=fraction, noise=noise, tau_ratio=tau_ratio, seed=seed, truth_nuclear=nuc))
+
+
+def cauchy_completion(m: int, n: int | None = None, *, rank: int = 3, fraction: float = 0.3, outliers: float = 0.1,
+                      c: float = 0.5, tau_ratio: float = 0.8, seed: int = 0) -> Problem:
+    """Robust (Cauchy-loss) completion with gross outliers: a smooth nonconvex objective, ``L = 1``.
+
+    A fraction ``outliers`` of observations get ``+-5`` added, so residuals exceed ``c`` and
+    the loss is used in its nonconvex region.
+    """
+    n = m if n is None else n
+    _check(min(m, n), rank)
+    rng = np.random.default_rng(seed)
+    M, nuc = low_rank_matrix(m, n, rank, rng)
+    rows, cols = _observed(m, n, fraction, rng)
+    vals = M[rows, cols].copy()
+    bad = rng.random(vals.size) < outliers
+    vals[bad] += 5.0 * rng.choice((-1.0, 1.0), size=int(bad.sum()))
+    return Problem(CauchyCompletion(rows, cols, vals, (m, n), c=c), tau_ratio * nuc, np.zeros((m, n), np.float32), M,
+                   f"cauchy-{m}x{n}", dict(rank=rank, fraction=fraction, outliers=outliers, c=c, seed=seed))
+
+
+def least_squares(m: int, n: int, *, p: int | None = None, rank: int = 4, noise: float = 0.1, tau_ratio: float = 0.5,
+                  condition: float = 1.0, seed: int = 0) -> Problem:
+    """``1/2 ||A W - Y||^2`` with ``Y = A M + noise``, ``M`` of the given rank, ``A`` ``(p, m)``.
+
+    With ``p >= m`` the unconstrained optimum ``A^+ Y`` is full rank (the noise), its
+    leading part of rank ``rank``. ``condition`` spreads ``A``'s singular values
+    geometrically over ``[1/condition, 1]`` (times ``sqrt(p)`` scaling removed).
+    ``tau = tau_ratio * ||M||_*``.
+    """
+    p = 2 * m if p is None else p
+    _check(min(m, n, p), rank)
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((p, m)) / np.sqrt(p)
+    if condition != 1.0:
+        Ua, _, Vta = np.linalg.svd(A, full_matrices=False)
+        A = Ua @ np.diag(np.geomspace(1.0, 1.0 / condition, min(p, m))) @ Vta
+    M, nuc = low_rank_matrix(m, n, rank, rng)
+    Y = A @ M + noise * rng.standard_normal((p, n)) / np.sqrt(p)
+    return Problem(MatrixLeastSquares(A, Y), tau_ratio * nuc, np.zeros((m, n), np.float32), M, f"lstsq-{m}x{n}",
+                   dict(p=p, rank=rank, noise=noise, tau_ratio=tau_ratio, condition=condition, seed=seed))
+
+
+def indefinite_least_squares(m: int, n: int, *, p: int | None = None, rank: int = 3, mu: float = 0.5,
+                             tau_ratio: float = 1.0, seed: int = 0) -> Problem:
+    """:class:`IndefiniteLeastSquares` on a :func:`least_squares` instance: nonconvex quadratic."""
+    base = least_squares(m, n, p=p, rank=rank, noise=0.1, tau_ratio=tau_ratio, seed=seed)
+    obj = IndefiniteLeastSquares(base.objective.A, base.objective.Y, mu)
+    return Problem(obj, base.tau, base.W0, base.truth, f"indefinite-{m}x{n}", dict(base.info, mu=mu))
+
+
+def matrix_sensing(m: int, n: int, *, p: int | None = None, rank: int = 2, noise: float = 0.05,
+                   tau_ratio: float = 0.7, seed: int = 0) -> Problem:
+    """Gaussian matrix sensing: ``y_i = <A_i, M> + noise``, ``A_i`` i.i.d. ``N(0, 1/p)`` entries."""
+    p = 3 * m * n // 2 if p is None else p
+    _check(min(m, n, p), rank)
+    rng = np.random.default_rng(seed)
+    M, nuc = low_rank_matrix(m, n, rank, rng)
+    ops = rng.standard_normal((p, m * n)) / np.sqrt(p)
+    y = ops @ M.ravel() + noise * rng.standard_normal(p) / np.sqrt(p)
+    return Problem(MatrixSensing(ops, y, (m, n)), tau_ratio * nuc, np.zeros((m, n), np.float32), M, f"sensing-{m}x{n}",
+                   dict(p=p, rank=rank, noise=noise, tau_ratio=tau_ratio, seed=seed))
+
+
+def multi_response_logistic(m: int, n: int, *, N: int | None = None, rank: int = 2, tau_ratio: float = 0.5,
+                            seed: int = 0) -> Problem:
+    """``n`` logistic regressions sharing ``m`` features, labels from a rank-``rank`` truth."""
+    N = 4 * m if N is None else N
+    _check(min(m, n, N), rank)
+    rng = np.random.default_rng(seed)
+    M, nuc = low_rank_matrix(m, n, rank, rng)
+    M *= 3.0 / np.sqrt(m)
+    nuc *= 3.0 / np.sqrt(m)
+    Z = rng.standard_normal((N, m))
+    probs = 1.0 / (1.0 + np.exp(-(Z @ M)))
+    Y = np.where(rng.random((N, n)) < probs, 1.0, -1.0)
+    return Problem(MultiResponseLogistic(Z, Y), tau_ratio * nuc, np.zeros((m, n), np.float32), M, f"logistic-{m}x{n}",
+                   dict(N=N, rank=rank, tau_ratio=tau_ratio, seed=seed))

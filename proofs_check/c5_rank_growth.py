@@ -1,0 +1,57 @@
+"""C5: rank growth of the chain, ``rank(X_k) <= k r`` after ``k`` links of rank ``r``.
+
+Source: subadditivity of rank, ``rank(A + B) <= rank(A) + rank(B)``: every knot merges
+``gamma (Delta - shrink X)`` with ``rank(Delta) <= r``, so ``X_{k+1}`` is a combination
+of ``X_k`` and one rank-``r`` matrix (COLA's motivation: a chain of rank-``r`` links
+reaches rank ``k r``; Xia, Qin and Hazan 2024, Section 3).
+
+Assumptions: links of rank ``r`` (ExactLMO: 1; BlockLMO and InexactOracle: their rank).
+Check: the numerical rank of ``X_k = W_k - W0`` (singular values above ``1e-5 sigma_max``,
+float32 iterates) after every link, ratio ``rank / (k r)``, and ``rank(X_0) = 0``.
+Instances: vanilla FW, block FW, COLA unconstrained (r = 1, 2, 3), COLA as approximate FW.
+Broken variant: ``wrong_lmo`` (an oracle declared rank 1 that answers rank-2 matrices).
+"""
+
+from __future__ import annotations
+
+from cola_opt import problems
+from cola_opt.bounds import rank_bound
+from cola_opt.oracles import BlockLMO, ExactLMO, InexactOracle
+from cola_opt.sets import NuclearBall, Unconstrained
+from cola_opt.solve import minimize
+from cola_opt.step_sizes import Constant, ExactLineSearch, OpenLoop
+
+from .common import DoubleAtomBall, Tracker
+
+NAME = "C5"
+CLAIM = "rank(X_k) <= k r after k links of rank r"
+BROKEN = ("wrong_lmo",)
+
+
+def run(broken: str | None = None, quick: bool = False, links: int = 12):
+    if broken not in (None,) + BROKEN:
+        raise ValueError(f"unknown broken variant {broken!r}; choose from {BROKEN}")
+    tr = Tracker(NAME, CLAIM, slack=0.0, broken=broken)
+    shapes = [(14, 11), (20, 20), (8, 30), (25, 9)] if not quick else [(14, 11)]
+    for seed, (m, n) in enumerate(shapes):
+        pb = problems.matrix_completion(m, n, rank=4, fraction=0.6, noise=0.1, tau_ratio=0.9, seed=seed)
+        ball = NuclearBall(pb.tau)
+        if broken == "wrong_lmo":
+            runs = [(1, dict(oracle=ExactLMO(), constraint=DoubleAtomBall(pb.tau), step_size=OpenLoop()))]
+        else:
+            runs = [(1, dict(oracle=ExactLMO(), constraint=ball, step_size=ExactLineSearch())),
+                    (2, dict(oracle=BlockLMO(2), constraint=ball, step_size=OpenLoop())),
+                    (2, dict(oracle=InexactOracle(2, 5, optimizer="sgd", lr=3.0, target="linear"), constraint=ball,
+                             step_size=OpenLoop()))]
+            runs += [(r, dict(oracle=InexactOracle(r, 20, lr=0.05), constraint=Unconstrained(),
+                              step_size=Constant(1.0))) for r in (1, 2, 3)]
+        for r, kw in runs:
+            res = minimize(pb.objective, pb.W0, max_iter=links, record_rank="exact", seed=seed, tol=None, **kw)
+            tr.instances += 1
+            for row in res.trace.rows:
+                where = f"{pb.name} {kw['oracle']!r} k={row.iteration}"
+                if row.iteration == 0:
+                    tr.at_most(row.rank, 0, 1.0, where)
+                else:
+                    tr.ratio(row.rank, rank_bound(row.iteration, r), where)
+    return tr.result()
