@@ -112,12 +112,39 @@ def _worker(rank, world, port, mode, out):
         sharded = [type(s.weight).__name__ for s in sites]
         # the guard agrees across processes: a NaN loss on rank 1 only makes both skip
         verdict = NonFiniteGuard("skip").check(float("nan") if rank == 1 else 1.0, [], step=STEPS + 1)
+        final = _flat(model)
+        overflow_refused_everywhere = None
+        if mode == "fsdp2":
+            overflow_refused_everywhere = _overflow_on_one_shard(chain, sites, rank)
         result = {"losses": losses, "identical": identical, "merged_exactly": merged_exactly,
-                  "knots": [k.step for k in chain.knots], "final": _flat(model), "sharded": sharded,
-                  "guard": verdict, "guarded": guarded}
+                  "knots": [k.step for k in chain.knots], "final": final, "sharded": sharded,
+                  "guard": verdict, "guarded": guarded, "overflow_refused": overflow_refused_everywhere}
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+@torch.no_grad()
+def _overflow_on_one_shard(chain, sites, rank):
+    """An update that overflows fp32 on rank 1's shard only: both processes must refuse the knot."""
+    from cola_opt import NonFiniteUpdateError
+    from cola_opt.sites import local_part
+
+    site = sites[0]
+    # delta = scaling * sum_k B_ik A_kj = 2 * 4 * 1e18 * 1.25e19 = 1e38 everywhere: finite
+    site.lora_B.copy_(local_part(torch.full(site.lora_B.shape, 1e18), site.lora_B))
+    site.lora_A.copy_(local_part(torch.full(site.lora_A.shape, 1.25e19), site.lora_A))
+    if rank == 1:
+        site.weight.to_local()[0, 0] = 3e38  # + 1e38 > fp32 max, on this shard only
+    before = [s.weight.to_local().clone() for s in sites]
+    try:
+        chain.tie_knot()
+    except NonFiniteUpdateError:
+        refused = True
+    else:
+        refused = False
+    unchanged = all(torch.equal(s.weight.to_local(), b) for s, b in zip(sites, before))
+    return refused and unchanged
 
 
 def _free_port():
@@ -160,5 +187,6 @@ def test_fsdp2_merges_sharded_weights_under_full_values(tmp_path, reference):
         assert res["merged_exactly"] == [True, True]  # W_full == W_full_before + delta, bit for bit
         assert res["identical"] == [True, True, True]  # every process sees the same full model
         assert res["guard"] is False and all(res["guarded"])
+        assert res["overflow_refused"] is True  # rank 1's shard overflows: both refuse, nothing changes
     torch.testing.assert_close(torch.tensor(results[0]["losses"]), torch.tensor(ref_losses), atol=1e-5, rtol=0)
     torch.testing.assert_close(results[0]["final"], ref_final, atol=1e-5, rtol=0)
