@@ -187,6 +187,9 @@ def test_table_and_paired_tests_match_scipy_and_numpy():
     lora_sst2 = [100 * acc[("sst2", "lora", s)].mean() for s in range(3)]
     assert f"| LoRA | {np.mean(lora_sst2):.1f} ± {np.std(lora_sst2, ddof=1):.1f} |" in table
     assert "| majority class | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 |" in table
+    partial = results_table(grid, [r for r in recs if r["run_id"] != Run("cb", "cola3", 2, 1e-3).run_id], chosen)
+    cola_cb = [100 * acc[("cb", "cola3", s)].mean() for s in range(2)]
+    assert f"| {np.mean(cola_cb):.1f} ± {np.std(cola_cb, ddof=1):.1f} (n=2) | " in partial
     tests = {r["task"]: r for r in paired_tests(grid, recs, chosen)}
     a = np.array([100 * acc[("cb", "cola3", s)].mean() for s in range(3)])
     b = np.array([100 * acc[("cb", "lora", s)].mean() for s in range(3)])

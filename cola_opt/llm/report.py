@@ -67,13 +67,13 @@ def cell_values(grid, records: list[dict], chosen: dict) -> dict:
     return cells
 
 
-def _fmt(values: list[float]) -> str:
+def _fmt(values: list[float], seeds: int | None = None) -> str:
+    """``mean ± std``; ``(n=k)`` is added when only ``k`` of ``seeds`` seeds are there."""
     if not values:
         return "—"
     mean = float(np.mean(values))
-    if len(values) == 1:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {float(np.std(values, ddof=1)):.1f}"
+    text = f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {float(np.std(values, ddof=1)):.1f}"
+    return text + (f" (n={len(values)})" if seeds is not None and len(values) < seeds else "")
 
 
 def _average(cells: dict, tasks, method) -> dict[int, float]:
@@ -84,13 +84,16 @@ def _average(cells: dict, tasks, method) -> dict[int, float]:
 
 
 def results_table(grid, records: list[dict], chosen: dict) -> str:
-    """Markdown: one row per method (majority class first), one column per task, then the average."""
+    """Markdown: one row per method (majority class first), one column per task, then the average.
+
+    A cell missing seeds (a run still to come, or one whose loss became NaN) shows ``(n=k)``.
+    """
     cells = cell_values(grid, records, chosen)
     head = [TASK_NAMES.get(t, t) for t in grid.tasks]
     rows = ["| method | " + " | ".join(head) + " | avg |", "|---" * (len(head) + 2) + "|"]
     for m in ("majority class", *grid.methods):
-        vals = [_fmt(list(cells.get((t, m), {}).values())) for t in grid.tasks]
-        avg = _fmt(list(_average(cells, grid.tasks, m).values()))
+        vals = [_fmt(list(cells.get((t, m), {}).values()), grid.seeds) for t in grid.tasks]
+        avg = _fmt(list(_average(cells, grid.tasks, m).values()), grid.seeds)
         rows.append(f"| {method_label(m, grid.base.rank)} | " + " | ".join(vals) + f" | {avg} |")
     return "\n".join(rows)
 
