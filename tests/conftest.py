@@ -58,3 +58,26 @@ def super_glue_dir():
     if not (SUPER_GLUE / "WSC").is_dir():
         pytest.skip(f"{SUPER_GLUE} is not present")
     return SUPER_GLUE
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+GLUE = SHARED_DATA / "glue"
+
+
+@pytest.fixture()
+def fixtures_dir():
+    """Small hand-written BoolQ and MultiRC files in the SuperGLUE release format."""
+    return FIXTURES / "super_glue"
+
+
+@pytest.fixture()
+def glue_dir():
+    if not (GLUE / "SST-2").is_dir():
+        pytest.skip(f"{GLUE} is not present")
+    return GLUE
+
+
+@pytest.fixture()
+def shared_data_dir(super_glue_dir, glue_dir):
+    """``../shared/data``: holds both ``super_glue/`` and ``glue/``."""
+    return SHARED_DATA

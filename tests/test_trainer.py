@@ -93,3 +93,46 @@ def test_cli_help_lists_defaults_and_units(capsys):
     for text in ("--chain-length", "(default: 3)", "--lr", "(default: 0.0005)", "(examples)", "(optimizer steps",
                  "--target-modules", "(default: q_proj,v_proj)"):
         assert text in out
+
+
+# ------------------------------------------------------------------ rank per link and full fine-tuning
+def test_link_ranks_step_down_the_second_link(tiny_model_dir, super_glue_dir, tmp_path):
+    r = finetune(_cfg(tiny_model_dir, super_glue_dir, tmp_path, max_steps=4, knot_steps=(3,), rank=8,
+                      link_ranks=(8, 2)))
+    assert [(k["step"], k["rank"], k["next_rank"]) for k in r["knots"]] == [(3, 8, 2)]
+    assert len(r["train_loss"]) == 4 and all(x == x for x in r["train_loss"])
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"method": "lora", "link_ranks": (8,)}, "link_ranks \\[8\\] needs method cola, not 'lora'"),
+    ({"link_ranks": (4, 2)}, r"link_ranks\[0\] = 4 must equal rank = 8"),
+    ({"link_ranks": (8, 0)}, r"link_ranks \[8, 0\] must be integers >= 1"),
+    ({"link_ranks": (8, 4), "chain_length": 3}, r"link_ranks \[8, 4\] must have one entry per link: 3 links"),
+])
+def test_bad_link_ranks_fail_before_training(change, message, tiny_model_dir, super_glue_dir, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        finetune(_cfg(tiny_model_dir, super_glue_dir, tmp_path, **change))
+    assert not list(tmp_path.iterdir())
+
+
+def test_full_finetuning_trains_every_weight(tiny_model_dir, super_glue_dir, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    n_weights = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
+    held = []
+    real_init = torch.optim.AdamW.__init__
+
+    def spy(self, params, *a, **k):
+        params = list(params)
+        held.append(sum(p.numel() for p in params))
+        real_init(self, params, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", spy)
+    full = finetune(_cfg(tiny_model_dir, super_glue_dir, tmp_path, method="full", max_steps=3))
+    lora = finetune(_cfg(tiny_model_dir, super_glue_dir, tmp_path, method="lora", max_steps=3))
+    assert held[0] == n_weights and held[1] < n_weights / 10
+    assert full["knots"] == [] and full["knot_steps"] == [] and len(full["train_loss"]) == 3
+    # the same function at step 1 (LoRA's B starts at zero), then different updates
+    assert full["train_loss"][0] == pytest.approx(lora["train_loss"][0], abs=1e-6)
+    assert full["train_loss"][1:] != lora["train_loss"][1:]
+    assert len(full["test"]["predictions"]) == full["test"]["n"] == 16

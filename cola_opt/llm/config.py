@@ -17,7 +17,7 @@ from .tasks import get_task
 
 __all__ = ["FinetuneConfig", "METHODS", "plan_steps"]
 
-METHODS = ("zero-shot", "lora", "cola")
+METHODS = ("zero-shot", "lora", "cola", "full")
 
 
 def _f(default, help: str, **kw):
@@ -37,7 +37,7 @@ class FinetuneConfig:
     data_dir: str | None = _f(
         None, "folder in the official release layout; default: $COLA_DATA_DIR, then ../shared/data/<benchmark>, then HF"
     )
-    method: str = _f("cola", "zero-shot, lora (chain length 1) or cola")
+    method: str = _f("cola", "zero-shot, lora (chain length 1), cola, or full (full fine-tuning, no LoRA)")
     seed: int = _f(0, "seed for sampling, initialisation and data order")
     n_train: int = _f(1000, "training examples drawn from the train split (examples; MeZO protocol)")
     n_dev: int = _f(500, "dev examples: the last n_dev of the train-split draw (examples)")
@@ -53,6 +53,9 @@ class FinetuneConfig:
     chain_length: int = _f(3, "links in the chain for method cola; knots evenly spaced (links)")
     knot_steps: tuple[int, ...] | None = _f(None, "explicit knot steps, comma separated (optimizer steps; overrides chain_length)")
     rank: int = _f(8, "LoRA rank r of each link")
+    link_ranks: tuple[int, ...] | None = _f(
+        None, "rank of each link for method cola, comma separated; the first must equal --rank (step-down ablation: 8,4)"
+    )
     lora_alpha: float = _f(16.0, "LoRA alpha; scaling = lora_alpha / rank")
     lora_dropout: float = _f(0.0, "dropout on the LoRA input (probability)")
     target_modules: tuple[str, ...] = _f(("q_proj", "v_proj"), "modules to adapt, comma separated (name suffixes)")
@@ -92,6 +95,14 @@ class FinetuneConfig:
         if self.knot_steps is not None:
             self.knot_steps = validate_knots(self.knot_steps)
         self.lora_settings()  # checks rank, alpha, dropout, target_modules and bias
+        if self.link_ranks is not None:
+            self.link_ranks = tuple(self.link_ranks)
+            if self.method != "cola":
+                raise ValueError(f"link_ranks {list(self.link_ranks)} needs method cola, not {self.method!r}")
+            if not self.link_ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.link_ranks):
+                raise ValueError(f"link_ranks {list(self.link_ranks)} must be integers >= 1")
+            if self.link_ranks[0] != self.rank:
+                raise ValueError(f"link_ranks[0] = {self.link_ranks[0]} must equal rank = {self.rank} (the first link's rank)")
         make_reset_policy(self.optimizer_reset)
         if self.dtype not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"dtype {self.dtype!r} must be fp32, bf16 or fp16")
@@ -123,17 +134,22 @@ def plan_steps(cfg: FinetuneConfig, n_train: int) -> tuple[int, int, tuple[int, 
     """Optimizer steps per epoch, total steps, and knot steps for ``cfg``.
 
     Steps per epoch are ``ceil(n_train / (batch_size * grad_accum))``; the total is
-    ``epochs`` times that, or ``max_steps``. Method ``lora`` and ``zero-shot`` have no
-    knots; ``cola`` uses ``knot_steps`` if given, else ``chain_length`` even links.
+    ``epochs`` times that, or ``max_steps``. Methods ``lora``, ``full`` and ``zero-shot``
+    have no knots; ``cola`` uses ``knot_steps`` if given, else ``chain_length`` even links.
 
     Raises:
         ValueError: if the knots do not fit in the run (more links than steps, or a
-            knot step at or past the last step).
+            knot step at or past the last step), or ``link_ranks`` has not one entry
+            per link.
     """
     per_epoch = math.ceil(n_train / (cfg.batch_size * cfg.grad_accum))
     total = cfg.max_steps if cfg.max_steps is not None else per_epoch * cfg.epochs
     if cfg.method != "cola":
         return per_epoch, total, ()
     if cfg.knot_steps is not None:
-        return per_epoch, total, validate_knots(cfg.knot_steps, total)
-    return per_epoch, total, uniform_knots(total, cfg.chain_length)
+        knots = validate_knots(cfg.knot_steps, total)
+    else:
+        knots = uniform_knots(total, cfg.chain_length)
+    if cfg.link_ranks is not None and len(cfg.link_ranks) != len(knots) + 1:
+        raise ValueError(f"link_ranks {list(cfg.link_ranks)} must have one entry per link: {len(knots) + 1} links")
+    return per_epoch, total, knots

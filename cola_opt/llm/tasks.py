@@ -7,8 +7,14 @@ causal LM classifies by scoring each candidate (:mod:`cola_opt.llm.scoring`).
 Sources, in order: ``--data-dir``; the ``COLA_DATA_DIR`` variable; the folder
 ``../shared/data/<benchmark>`` (beside the working directory or beside this
 checkout) when it exists; else Hugging Face ``datasets`` for users online. A local
-folder holds one subfolder per task in the official release layout
-(``WSC/train.jsonl``, ``WSC/val.jsonl``, ...).
+folder holds one subfolder per task in the official release layout: SuperGLUE
+``WSC/train.jsonl``, ``WSC/val.jsonl``, ...; GLUE ``SST-2/train.tsv``, ``SST-2/dev.tsv``
+(header ``sentence\tlabel``). A folder that holds ``super_glue/`` and ``glue/`` (such
+as ``../shared/data``) serves every task.
+
+Seven tasks: SST-2 (GLUE); RTE, CB, WiC, WSC, BoolQ and MultiRC (SuperGLUE). MultiRC is
+scored per answer option: each (paragraph, question, answer) is one yes/no
+:class:`Example`, and sampling draws answer options, as MeZO does.
 
 Templates are ours, written in the spirit of MeZO's (princeton-nlp/MeZO,
 ``large_models/templates.py``); they are listed in ``docs/tasks.md``.
@@ -16,8 +22,10 @@ Templates are ours, written in the spirit of MeZO's (princeton-nlp/MeZO,
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +65,10 @@ class Task:
         hf_name: ``(path, config)`` for ``datasets.load_dataset``.
         from_hf: HF row -> record in the release format.
         splits: file stem of the train and validation splits.
-        reader: ``(task folder, file stem) -> records`` for a non-jsonl release
-            format; ``None`` reads ``<stem>.jsonl``.
+        reader: ``(task folder, file stem) -> records`` for a release format other
+            than one record per jsonl line; ``None`` reads ``<stem>.jsonl``.
+        max_dev: MeZO's dev-set size for the task (500; 100 for CB, whose train split
+            has 250 records).
     """
 
     name: str
@@ -71,6 +81,7 @@ class Task:
     from_hf: Callable[[dict], dict] = lambda row: row
     splits: tuple[str, str] = ("train", "val")
     reader: Callable[[Path, str], list[dict]] | None = None
+    max_dev: int = 500
 
     def example(self, record: dict) -> Example:
         """The :class:`Example` of one record."""
@@ -103,14 +114,115 @@ def _rte_prompt(r: dict) -> str:
 
 
 def _rte_label(r: dict) -> int:
-    labels = {"entailment": 0, "not_entailment": 1}
-    if r["label"] not in labels:
-        raise ValueError(f"RTE label {r['label']!r} is not one of {sorted(labels)}")
-    return labels[r["label"]]
+    return _label_index("RTE", ("entailment", "not_entailment"), r["label"])
 
 
 def _rte_from_hf(row: dict) -> dict:
     return {**row, "label": ("entailment", "not_entailment")[row["label"]]}
+
+
+def _label_index(task: str, labels: tuple, value) -> int:
+    """Index of ``value`` in ``labels``; a ValueError naming the task and value otherwise."""
+    if value not in labels:
+        raise ValueError(f"{task} label {value!r} is not one of {list(labels)}")
+    return labels.index(value)
+
+
+# ----------------------------------------------------------------------------- CB
+_CB_LABELS = ("entailment", "contradiction", "neutral")
+
+
+def _cb_prompt(r: dict) -> str:
+    return f'{r["premise"]}\nQuestion: Does this mean that "{r["hypothesis"]}" is true? Yes, No, or Maybe?\nAnswer:'
+
+
+# ----------------------------------------------------------------------------- WiC
+def _wic_span(r: dict, k: int) -> str:
+    text, start, end = r[f"sentence{k}"], r[f"start{k}"], r[f"end{k}"]
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+        raise ValueError(f"WiC record {r.get('idx')!r}: span{k} [{start}, {end}) is not inside sentence{k} ({len(text)} chars)")
+    return text[start:end]
+
+
+def _wic_prompt(r: dict) -> str:
+    w1, w2 = _wic_span(r, 1), _wic_span(r, 2)
+    return (
+        f"Sentence 1: {r['sentence1']}\nSentence 2: {r['sentence2']}\n"
+        f'Question: Does the word "{r["word"]}" have the same meaning in both sentences '
+        f'("{w1}" in sentence 1, "{w2}" in sentence 2)? Yes or No?\nAnswer:'
+    )
+
+
+# ----------------------------------------------------------------------------- SST-2
+def _read_glue_tsv(folder: Path, stem: str) -> list[dict]:
+    """GLUE TSV with header ``sentence\tlabel``; no quoting (the release has bare quotes)."""
+    path = folder / f"{stem}.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: expected the GLUE {folder.name} layout ({stem}.tsv)")
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows or rows[0][:2] != ["sentence", "label"]:
+        raise ValueError(f"{path}: header {rows[0] if rows else []!r} is not ['sentence', 'label']")
+    out = []
+    for i, row in enumerate(rows[1:]):
+        if len(row) != 2 or row[1] not in ("0", "1"):
+            raise ValueError(f"{path}, line {i + 2}: expected 'sentence<TAB>0|1', got {row!r}")
+        out.append({"sentence": row[0], "label": int(row[1]), "idx": i})
+    return out
+
+
+def _sst2_prompt(r: dict) -> str:
+    return f"{r['sentence'].strip()}\nQuestion: Was that review terrible or great?\nAnswer: It was"
+
+
+# ----------------------------------------------------------------------------- BoolQ
+def _boolq_prompt(r: dict) -> str:
+    question = r["question"].strip().rstrip("?")
+    return f"{r['passage']}\nQuestion: {question}?\nAnswer:"
+
+
+def _bool_label(task: str):
+    def label(r: dict) -> int:
+        if not isinstance(r["label"], (bool, int)) or r["label"] not in (0, 1):
+            raise ValueError(f"{task} label {r['label']!r} is not a boolean")
+        return int(r["label"])
+
+    return label
+
+
+# ----------------------------------------------------------------------------- MultiRC
+def _multirc_text(html: str) -> str:
+    """The passage without the release's ``<b>Sent k: </b>`` markers and ``<br>`` breaks."""
+    text = re.sub(r"<b>Sent \d+: </b>", "", html)
+    return re.sub(r"\s*<br\s*/?>\s*", " ", text).strip()
+
+
+def _read_multirc(folder: Path, stem: str) -> list[dict]:
+    """One record per answer option, from the release's nested records (passage -> questions -> answers)."""
+    path = folder / f"{stem}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: expected the SuperGLUE MultiRC layout ({stem}.jsonl)")
+    out = []
+    for rec in _read_jsonl(path):
+        paragraph = _multirc_text(rec["passage"]["text"])
+        for q in rec["passage"]["questions"]:
+            for a in q["answers"]:
+                idx = {"paragraph": rec["idx"], "question": q["idx"], "answer": a["idx"]}
+                out.append({"paragraph": paragraph, "question": q["question"], "answer": a["text"],
+                            "label": a.get("label"), "idx": idx})
+    return out
+
+
+def _multirc_prompt(r: dict) -> str:
+    return (
+        f"{r['paragraph']}\nQuestion: {r['question']}\n"
+        f'Is "{r["answer"]}" a correct answer to that question? Yes or No?\nAnswer:'
+    )
+
+
+def _multirc_from_hf(row: dict) -> dict:
+    return {"paragraph": _multirc_text(row["paragraph"]), "question": row["question"], "answer": row["answer"],
+            "label": row["label"], "idx": row["idx"]}
 
 
 TASKS: dict[str, Task] = {
@@ -134,6 +246,59 @@ TASKS: dict[str, Task] = {
         hf_name=("aps/super_glue", "rte"),
         from_hf=_rte_from_hf,
     ),
+    "cb": Task(
+        name="cb",
+        folder="CB",
+        benchmark="super_glue",
+        candidates=(" Yes", " No", " Maybe"),
+        template=_cb_prompt,
+        label=lambda r: _label_index("CB", _CB_LABELS, r["label"]),
+        hf_name=("aps/super_glue", "cb"),
+        from_hf=lambda row: {**row, "label": _CB_LABELS[row["label"]]},
+        max_dev=100,
+    ),
+    "wic": Task(
+        name="wic",
+        folder="WiC",
+        benchmark="super_glue",
+        candidates=(" No", " Yes"),
+        template=_wic_prompt,
+        label=_bool_label("WiC"),
+        hf_name=("aps/super_glue", "wic"),
+        from_hf=lambda row: {**row, "label": bool(row["label"])},
+    ),
+    "sst2": Task(
+        name="sst2",
+        folder="SST-2",
+        benchmark="glue",
+        candidates=(" terrible", " great"),
+        template=_sst2_prompt,
+        label=_bool_label("SST-2"),
+        hf_name=("nyu-mll/glue", "sst2"),
+        splits=("train", "dev"),
+        reader=_read_glue_tsv,
+    ),
+    "boolq": Task(
+        name="boolq",
+        folder="BoolQ",
+        benchmark="super_glue",
+        candidates=(" No", " Yes"),
+        template=_boolq_prompt,
+        label=_bool_label("BoolQ"),
+        hf_name=("aps/super_glue", "boolq"),
+        from_hf=lambda row: {**row, "label": bool(row["label"])},
+    ),
+    "multirc": Task(
+        name="multirc",
+        folder="MultiRC",
+        benchmark="super_glue",
+        candidates=(" No", " Yes"),
+        template=_multirc_prompt,
+        label=_bool_label("MultiRC"),
+        hf_name=("aps/super_glue", "multirc"),
+        from_hf=_multirc_from_hf,
+        reader=_read_multirc,
+    ),
 }
 
 
@@ -143,7 +308,7 @@ def get_task(name: str) -> Task:
     Raises:
         ValueError: on an unknown task, listing the known ones.
     """
-    key = str(name).lower().replace("-", "")
+    key = str(name).lower().replace("-", "").replace("_", "")
     if key not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     return TASKS[key]
@@ -157,6 +322,9 @@ def _default_dirs(benchmark: str) -> list[Path]:
 def resolve_data_dir(task: Task, data_dir: str | os.PathLike | None = None) -> Path | None:
     """The local folder holding ``task``'s release files, or ``None`` to use HF ``datasets``.
 
+    A given folder may hold the task's folder itself (``<dir>/WSC``) or one level down,
+    under the benchmark's name (``<dir>/super_glue/WSC``, ``<dir>/glue/SST-2``).
+
     Raises:
         FileNotFoundError: if ``data_dir`` (or ``COLA_DATA_DIR``) is given but does not
             exist, or lacks the task's folder.
@@ -166,11 +334,13 @@ def resolve_data_dir(task: Task, data_dir: str | os.PathLike | None = None) -> P
         root = Path(given).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"data directory {str(root)!r} (from {origin}) does not exist")
-        if not (root / task.folder).is_dir():
-            raise FileNotFoundError(
-                f"data directory {str(root)!r} (from {origin}) has no {task.folder}/ folder for task {task.name!r}"
-            )
-        return root
+        for cand in (root, root / task.benchmark):
+            if (cand / task.folder).is_dir():
+                return cand
+        raise FileNotFoundError(
+            f"data directory {str(root)!r} (from {origin}) has no {task.folder}/ folder "
+            f"(nor {task.benchmark}/{task.folder}/) for task {task.name!r}"
+        )
     for cand in _default_dirs(task.benchmark):
         if (cand / task.folder).is_dir():
             return cand

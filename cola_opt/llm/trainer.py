@@ -81,12 +81,14 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
     """Run one method of ``cfg`` and return (and write) its results.
 
     Args:
-        cfg: the configuration; ``cfg.method`` picks zero-shot, LoRA or COLA.
+        cfg: the configuration; ``cfg.method`` picks zero-shot, LoRA, COLA or full
+            fine-tuning (every weight trained by AdamW, no LoRA, no knots).
         splits: pre-sampled data (``compare`` shares one draw); ``None`` samples it.
 
     Returns:
         a JSON-ready dict: ``config``, ``counts``, ``dev_history`` (per epoch),
-        ``dev`` and ``test`` accuracy in [0, 1], ``train_loss`` (per step, nats),
+        ``dev`` and ``test`` accuracy in [0, 1] (``test`` also holds ``predictions``,
+        the predicted candidate index per test example, in order), ``train_loss`` (per step, nats),
         ``knot_steps``, ``knots`` (each with its time in seconds), ``total_steps`` and
         wall times in seconds. Also written to ``<output_dir>/<task>_<method>_s<seed>/results.json``.
 
@@ -121,7 +123,8 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         if not enc[name]:
             return {"accuracy": float("nan"), "loss": float("nan"), "n": 0}
         r = evaluate(model, enc[name], pad_id=pad, batch_size=cfg.eval_batch_size, autocast=cfg.autocast)
-        r.pop("predictions")
+        if name != "test":  # test predictions stay, for paired tests across methods
+            r.pop("predictions")
         return r
 
     t_train = time.perf_counter()
@@ -141,16 +144,35 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
     return result
 
 
+class _NoChain:
+    """Full fine-tuning: the inner optimizer alone, with a chain's counters (one link, no knots)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer, self.step_count, self.link, self.chain_length, self.knots = optimizer, 0, 0, 1, []
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.step_count += 1
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+
 def _train(cfg, model, enc, pad, per_epoch, total_steps, knots, result, run_eval):
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    model = inject_lora(model, cfg.lora_settings())
-    sites = lora_sites(model)
+    if cfg.method != "full":
+        model = inject_lora(model, cfg.lora_settings())
     params = [p for p in model.parameters() if p.requires_grad]
     inner = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(inner, cfg.warmup_steps, total_steps)
-    chain = ResidualLowRankOptimizer(sites, inner, knot_steps=knots, reset=cfg.optimizer_reset, seed=cfg.seed)
+    if cfg.method == "full":
+        chain = _NoChain(inner)
+    else:
+        chain = ResidualLowRankOptimizer(
+            lora_sites(model), inner, knot_steps=knots, ranks=cfg.link_ranks, reset=cfg.optimizer_reset, seed=cfg.seed
+        )
     train = enc["train"]
     micro = cfg.batch_size
     device = next(model.parameters()).device
@@ -178,6 +200,9 @@ def _train(cfg, model, enc, pad, per_epoch, total_steps, knots, result, run_eval
                     )
                 (loss * len(idx) / n_ex).backward()
                 step_loss += loss.item() * len(idx) / n_ex
+                # Free this graph now: a knot that changes the rank resizes the factors, and a
+                # live old graph keeps their gradient accumulators with the old shape.
+                del scores, loss
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             lr_now = sched.get_last_lr()[0]
@@ -215,7 +240,7 @@ def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
     """
     cfg.validate()
     splits, *_ = _prepare(cfg, None)
-    cfgs = {m: cfg.replace(method=m) for m in methods}
+    cfgs = {m: cfg.replace(method=m, link_ranks=cfg.link_ranks if m == "cola" else None) for m in methods}
     for c in cfgs.values():  # every method's plan is checked before any training starts
         plan_steps(c, len(splits.train))
     results = {m: finetune(c, splits) for m, c in cfgs.items()}

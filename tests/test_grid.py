@@ -1,0 +1,214 @@
+"""The grid runner: plan, LR choice on dev, resume after a kill, and its report."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import cola_opt.llm.trainer as trainer
+from cola_opt.cli import main
+from cola_opt.llm.config import FinetuneConfig
+from cola_opt.llm.grid import GridConfig, Run, choose_lrs, method_changes, read_records, run_grid
+from cola_opt.llm.report import paired_tests, results_table
+
+REPO = Path(__file__).resolve().parents[1]
+TIMING = ("train_seconds", "wall_seconds")
+
+
+def _grid_args(model_dir, data_dir):
+    return ["--model", str(model_dir), "--data-dir", str(data_dir), "--tasks", "boolq,multirc",
+            "--methods", "zero-shot,lora,cola2", "--seeds", "2", "--lrs", "5e-2,1e-2", "--lr-select", "task",
+            "--n-train", "8", "--n-dev", "3", "--n-test", "100", "--epochs", "2", "--batch-size", "2",
+            "--autocast", "none", "--progress", "false"]
+
+
+def _grid(model_dir, data_dir, out, **kw):
+    base = FinetuneConfig(model=str(model_dir), data_dir=str(data_dir), n_train=8, n_dev=3, n_test=100, epochs=2,
+                          batch_size=2, autocast="none")
+    args = dict(base=base, tasks=("boolq", "multirc"), methods=("zero-shot", "lora", "cola2"), seeds=2,
+                lrs=(5e-2, 1e-2), lr_select="task", out=str(out), progress=False)
+    args.update(kw)
+    return GridConfig(**args)
+
+
+def _strip(rec):
+    return {k: v for k, v in rec.items() if k not in TIMING}
+
+
+@pytest.mark.slow  # a subprocess start and 30 runs: about 15-35 s
+def test_grid_killed_mid_run_resumes_without_redoing(tiny_model_dir, fixtures_dir, tmp_path, monkeypatch):
+    """Kill the CLI grid after its first finished runs; a restart runs only the rest; same table."""
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "experiments" / "superglue.py"),
+                             *_grid_args(tiny_model_dir, fixtures_dir), "--out", str(out)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    jsonl = out / "runs.jsonl"
+    deadline = time.time() + 300
+    while not (jsonl.is_file() and jsonl.read_bytes().count(b"\n") >= 2):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "the grid wrote no line in 300 s"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    before = jsonl.read_bytes()
+    complete = before[: before.rfind(b"\n") + 1]
+    n_before = complete.count(b"\n")
+    total = 4 + 12 - 2  # LR search (2 tasks x 2 LRs) + grid (2 tasks x 3 methods x 2 seeds) - shared runs
+    assert 2 <= n_before < total, "the kill came too late to test a resume"
+
+    calls = []
+    real = trainer.finetune
+    monkeypatch.setattr(trainer, "finetune", lambda cfg, splits=None: calls.append(cfg) or real(cfg, splits))
+    resumed = run_grid(_grid(tiny_model_dir, fixtures_dir, out))
+    assert len(calls) == total - n_before  # finished runs are not redone
+    after = jsonl.read_bytes()
+    assert after.startswith(complete) and after.count(b"\n") == total
+    ids = [r["run_id"] for r in read_records(jsonl)]
+    assert len(ids) == len(set(ids)) == total
+
+    calls.clear()
+    fresh = run_grid(_grid(tiny_model_dir, fixtures_dir, tmp_path / "fresh"))
+    assert len(calls) == total
+    assert [_strip(r) for r in resumed] == [_strip(r) for r in fresh]
+    table = (out / "table.md").read_text()
+    assert table == (tmp_path / "fresh" / "table.md").read_text()
+    assert "| LoRA |" in table and "| majority class |" in table and (out / "plot.png").stat().st_size > 1000
+
+    calls.clear()  # a third start finds everything done
+    run_grid(_grid(tiny_model_dir, fixtures_dir, out))
+    assert calls == [] and jsonl.read_bytes() == after
+
+
+def test_partial_last_line_is_dropped_and_rerun(tiny_model_dir, fixtures_dir, tmp_path):
+    grid = _grid(tiny_model_dir, fixtures_dir, tmp_path, lrs=(1e-2,), seeds=1, methods=("zero-shot", "lora"))
+    first = run_grid(grid)
+    jsonl = tmp_path / "runs.jsonl"
+    lines = jsonl.read_bytes().splitlines(keepends=True)
+    jsonl.write_bytes(b"".join(lines[:-1]) + lines[-1][:25])  # as if killed while appending
+    again = run_grid(grid)
+    assert [_strip(r) for r in again] == [_strip(r) for r in first]
+    assert jsonl.read_bytes().count(b"\n") == len(first) == 4
+
+
+def test_changed_settings_do_not_reuse_old_runs(tiny_model_dir, fixtures_dir, tmp_path):
+    grid = _grid(tiny_model_dir, fixtures_dir, tmp_path, lrs=(1e-2,), seeds=1, methods=("lora",), tasks=("boolq",))
+    run_grid(grid)
+    grid.base = grid.base.replace(epochs=1)
+    recs = run_grid(grid)
+    assert len(read_records(tmp_path / "runs.jsonl")) == 2 and recs[0]["total_steps"] == 4
+
+
+def test_lr_choice_takes_best_dev_and_earlier_on_ties():
+    grid = GridConfig(tasks=("cb",), methods=("zero-shot", "lora", "cola2"), lrs=(1e-3, 5e-4, 1e-4))
+    recs = [{"run_id": Run("cb", m, 0, lr).run_id, "dev_accuracy": acc}
+            for m, lr, acc in [("lora", 1e-3, 0.5), ("lora", 5e-4, 0.7), ("lora", 1e-4, 0.7),
+                               ("cola2", 1e-3, 0.9), ("cola2", 5e-4, 0.2), ("cola2", 1e-4, None)]]
+    assert choose_lrs(grid, recs) == {("cb", "lora"): 5e-4, ("cb", "cola2"): 1e-3}
+    grid.lr_select = "task"
+    assert choose_lrs(grid, recs) == {("cb", "lora"): 5e-4, ("cb", "cola2"): 5e-4}
+    assert choose_lrs(grid, recs[:2]) is None  # a search run is missing
+
+
+def test_method_names():
+    assert method_changes("cola3", 8)["chain_length"] == 3
+    assert method_changes("stepdown-r4", 8)["link_ranks"] == (8, 4)
+    assert method_changes("full", 8)["method"] == "full"
+    with pytest.raises(ValueError, match="unknown grid method 'cola1'"):
+        method_changes("cola1", 8)
+
+
+def test_stepdown_knot_at_three_fifths(tiny_model_dir, fixtures_dir, tmp_path):
+    recs = run_grid(_grid(tiny_model_dir, fixtures_dir, tmp_path, tasks=("boolq",), methods=("stepdown-r2",),
+                          seeds=1, lrs=(1e-2,)))
+    assert recs[0]["total_steps"] == 8 and recs[0]["knot_steps"] == [5] and recs[0]["link_ranks"] == [8, 2]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"methods": ("lora", "nope")}, "unknown grid method 'nope'"),
+    ({"seeds": 0}, "seeds must be an integer >= 1"),
+    ({"lrs": (1e-3, -1.0)}, r"lrs \[0.001, -1.0\] must be finite numbers > 0"),
+    ({"lr_select": "seed"}, "lr_select 'seed' must be"),
+    ({"lr_select": "task", "methods": ("cola2",)}, "lr_select 'task' chooses the LR with LoRA"),
+    ({"tasks": ("boolq", "copa")}, "unknown task 'copa'"),
+    ({"stepdown_at": 1.0}, r"stepdown_at 1.0 must be in \(0, 1\)"),
+])
+def test_bad_grid_fails_before_any_run(change, message, tiny_model_dir, fixtures_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "finetune", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(ValueError, match=message):
+        run_grid(_grid(tiny_model_dir, fixtures_dir, tmp_path / "g", **change))
+    assert not (tmp_path / "g").exists()
+
+
+def test_missing_task_data_fails_before_any_run(tiny_model_dir, fixtures_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "finetune", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(FileNotFoundError, match="no RTE/ folder"):
+        run_grid(_grid(tiny_model_dir, fixtures_dir, tmp_path, tasks=("boolq", "rte")))
+    assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_second_runner_on_one_folder_is_refused(tiny_model_dir, fixtures_dir, tmp_path, capsys):
+    import fcntl
+
+    tmp_path.joinpath("grid.lock").touch()
+    with open(tmp_path / "grid.lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code = main(["grid", *_grid_args(tiny_model_dir, fixtures_dir), "--out", str(tmp_path)])
+    assert code == 2 and "another grid runner is using" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the report, against independent numbers
+def _fake_records(grid, acc):
+    """Records with given per-example correctness ``acc[(task, method, seed)] -> 0/1 array``."""
+    recs = []
+    for (t, m, s), v in acc.items():
+        recs.append({"run_id": Run(t, m, s, None if m == "zero-shot" else 1e-3).run_id, "test_accuracy": v.mean(),
+                     "test_correct": "".join(map(str, v)), "majority": 0.5, "dev_accuracy": 0.5})
+    return recs
+
+
+def test_table_and_paired_tests_match_scipy_and_numpy():
+    grid = GridConfig(tasks=("sst2", "cb"), methods=("lora", "cola3"), seeds=3, lrs=(1e-3,))
+    rng = np.random.default_rng(1)
+    acc = {}
+    for t in grid.tasks:
+        for s in range(3):  # COLA = LoRA plus about a quarter of LoRA's errors fixed: a paired gain
+            acc[(t, "lora", s)] = (rng.random(200) < 0.6 + 0.02 * s).astype(int)
+            acc[(t, "cola3", s)] = acc[(t, "lora", s)] | (rng.random(200) < 0.25).astype(int)
+    recs = _fake_records(grid, acc)
+    chosen = choose_lrs(grid, recs)
+    table = results_table(grid, recs, chosen)
+    lora_sst2 = [100 * acc[("sst2", "lora", s)].mean() for s in range(3)]
+    assert f"| LoRA | {np.mean(lora_sst2):.1f} ± {np.std(lora_sst2, ddof=1):.1f} |" in table
+    assert "| majority class | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 |" in table
+    partial = results_table(grid, [r for r in recs if r["run_id"] != Run("cb", "cola3", 2, 1e-3).run_id], chosen)
+    cola_cb = [100 * acc[("cb", "cola3", s)].mean() for s in range(2)]
+    assert f"| {np.mean(cola_cb):.1f} ± {np.std(cola_cb, ddof=1):.1f} (n=2) | " in partial
+    tests = {r["task"]: r for r in paired_tests(grid, recs, chosen)}
+    a = np.array([100 * acc[("cb", "cola3", s)].mean() for s in range(3)])
+    b = np.array([100 * acc[("cb", "lora", s)].mean() for s in range(3)])
+    assert tests["cb"]["diff"] == pytest.approx((a - b).mean())
+    assert tests["cb"]["t_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert tests["cb"]["wins"] == int((a > b).sum()) and tests["cb"]["n"] == 3
+    # a ~9-point paired gain on 3 x 200 examples: the bootstrap interval excludes 0
+    assert 0 < tests["cb"]["boot_lo"] < tests["cb"]["diff"] < tests["cb"]["boot_hi"]
+    assert tests["cb"]["boot_p"] < 0.01
+    avg = tests["avg"]
+    per_seed = [np.mean([100 * (acc[(t, "cola3", s)].mean() - acc[(t, "lora", s)].mean()) for t in grid.tasks])
+                for s in range(3)]
+    assert avg["diff"] == pytest.approx(np.mean(per_seed))
+
+
+def test_identical_methods_give_no_difference():
+    grid = GridConfig(tasks=("rte",), methods=("lora", "cola2"), seeds=2, lrs=(1e-3,))
+    v = np.array([1, 0, 1, 1, 0])
+    recs = _fake_records(grid, {("rte", m, s): v for m in grid.methods for s in range(2)})
+    (t,) = paired_tests(grid, recs, choose_lrs(grid, recs))
+    assert t["diff"] == 0 and t["ties"] == 2 and np.isnan(t["t_p"]) and t["boot_p"] == 1.0
+    assert (t["boot_lo"], t["boot_hi"]) == (0.0, 0.0)
