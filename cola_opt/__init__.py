@@ -9,22 +9,20 @@ if "torch" not in _sys.modules:
     # costs nothing on an idle machine. Set OMP_WAIT_POLICY yourself to override.
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .core import (
-    FullReset,
-    KeepState,
-    KnotRecord,
-    NonFiniteUpdateError,
-    PruneState,
-    ResetPolicy,
-    ResidualLowRankOptimizer,
-    make_reset_policy,
-)
+from .core import KnotRecord, NonFiniteUpdateError, ResidualLowRankOptimizer
+from .reset import FullReset, KeepState, PruneState, ResetPolicy, make_reset_policy
+from .result import Result, Trace
 from .schedules import epoch_knots, step_down_ranks, uniform_knots, validate_knots
 from .sites import Site, TensorSite, reinit_factors_
+from .solve import ChainSolver, minimize
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChainSolver",
+    "Result",
+    "Trace",
+    "minimize",
     "FullReset",
     "KeepState",
     "KnotRecord",

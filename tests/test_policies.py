@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cola_opt import ResidualLowRankOptimizer, TensorSite
-from cola_opt.core import PruneState, make_reset_policy
+from cola_opt.reset import PruneState, make_reset_policy
 from cola_opt.lr_schedules import (
     jagged_cosine_factor,
     jagged_cosine_schedule,

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ..core import make_reset_policy
+from ..reset import make_reset_policy
 from ..schedules import uniform_knots, validate_knots
 from .lora import LoraSettings
 from .tasks import get_task

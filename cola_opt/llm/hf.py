@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import torch
 from transformers import TrainerCallback
 
-from ..core import ResidualLowRankOptimizer, make_reset_policy
+from ..core import ResidualLowRankOptimizer
+from ..reset import make_reset_policy
 from ..guard import NonFiniteGuard
 from ..schedules import uniform_knots, validate_knots
 from .distributed import advance_chain, full_parameters
