@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import sys
 import typing
+import warnings
 from pathlib import Path
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -126,6 +127,7 @@ def config_from_args(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cola-opt``; returns the exit status (2 for bad input)."""
     args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from transformers/peft
     from .llm.models import ModelLoadError
     from .llm.trainer import compare, finetune
 
