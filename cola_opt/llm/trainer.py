@@ -8,9 +8,7 @@ epoch and on test at the end, and write ``results.json``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import platform
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_save_json
 from ..core import ResidualLowRankOptimizer
 from .config import FinetuneConfig, plan_steps
 from .lora import inject_lora, lora_sites
@@ -25,7 +24,7 @@ from .models import load_model
 from .scoring import autocast_context, candidate_scores, classification_loss, encode_examples, evaluate
 from .tasks import Splits, get_task, sample_splits
 
-__all__ = ["finetune", "compare", "resolve_device", "write_json_atomic", "majority_accuracy"]
+__all__ = ["finetune", "compare", "resolve_device", "majority_accuracy"]
 
 
 def resolve_device(device: str) -> str:
@@ -39,18 +38,6 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
     return device
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def majority_accuracy(splits: Splits) -> float:
@@ -139,7 +126,7 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
     result["test_seconds"] = time.perf_counter() - t_eval
     result["wall_seconds"] = time.perf_counter() - t_start
     out = Path(cfg.output_dir) / f"{cfg.task}_{cfg.method}_s{cfg.seed}" / "results.json"
-    write_json_atomic(out, result)
+    atomic_save_json(result, out)
     result["results_path"] = str(out)
     return result
 
@@ -248,7 +235,7 @@ def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
     table = format_table(cfg, results, majority)
     print(table)
     summary = {"config": cfg.to_dict(), "counts": splits.counts, "majority": majority, "methods": results, "table": table}
-    write_json_atomic(Path(cfg.output_dir) / f"{cfg.task}_compare_s{cfg.seed}.json", summary)
+    atomic_save_json(summary, Path(cfg.output_dir) / f"{cfg.task}_compare_s{cfg.seed}.json")
     return summary
 
 
