@@ -27,6 +27,15 @@ import torch
 __all__ = ["atomic_write", "atomic_save_tensors", "atomic_save_json", "atomic_directory", "load_tensors", "load_json"]
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)  # read once, at import; os.umask can only be read by setting it
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
 def _fsync_dir(path: Path) -> None:
     if os.name != "posix":
         return  # directories cannot be opened for fsync on Windows
@@ -55,6 +64,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make the file private; open() would not
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -141,6 +151,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise ValueError(f"atomic_directory: {path} exists and is not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700 would make the directory private
     try:
         yield tmp
         for root, _, files in os.walk(tmp):
