@@ -64,9 +64,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make the file private; open() would not
     try:
         write(tmp)
+        # mkstemp's 0600 (and safetensors >= 0.8, which writes its own private file) would make the
+        # file private; open() would give 0666 less the umask
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -157,6 +159,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         for root, _, files in os.walk(tmp):
             for name in files:
                 with open(os.path.join(root, name), "rb+") as f:
+                    os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # as open() would: safetensors writes 0600
                     os.fsync(f.fileno())
         old = None
         if path.exists():
