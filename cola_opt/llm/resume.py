@@ -159,6 +159,7 @@ class RunCheckpoints:
         Raises:
             ValueError: if the training data or the frozen weights differ from the checkpoint's.
         """
+        t = time.perf_counter()
         state = restore_checkpoint(path, model=self.model, chain=self.chain, scheduler=self.sched)
         for key, value in state["fingerprint"].items():
             if self.fingerprint.get(key) != value:
@@ -169,7 +170,7 @@ class RunCheckpoints:
         self.guard.skipped, self.guard.consecutive = state["guard"]["skipped"], state["guard"]["consecutive"]
         self.seconds_before, self.t0 = state["train_seconds"], time.perf_counter()
         self.last_step = self.chain.step_count
-        self.log(f"resumed from {path}: step {self.chain.step_count}")
+        self.log(f"resumed from {path}: step {self.chain.step_count} (loaded in {time.perf_counter() - t:.2f} s)")
         return state["position"]["epoch"], state["position"]["index"]
 
 
