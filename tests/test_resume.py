@@ -219,7 +219,7 @@ def test_settings_that_do_not_change_the_weights_may_change_on_resume(tiny_model
 def test_stop_checkpoints_the_last_finite_step_and_a_resume_continues_exactly(tiny_model_dir, tmp_path, reference,
                                                                               monkeypatch):
     _fail_at_forward(monkeypatch, 5, lambda loss: loss * float("nan"))
-    with pytest.raises(NonFiniteError, match=r"non-finite loss \(nan\) at step 5.*state after step 4 is "
+    with pytest.raises(NonFiniteError, match=r"non-finite loss \(nan\) at step 5.*State after step 4 is "
                                              r"checkpointed in .*step-000004.*--nonfinite skip") as info:
         finetune(_cfg(tiny_model_dir, tmp_path))
     assert info.value.step == 5 and _latest(tmp_path) == 4
@@ -229,7 +229,7 @@ def test_stop_checkpoints_the_last_finite_step_and_a_resume_continues_exactly(ti
 
 def test_stop_without_checkpoints_says_nothing_was_saved(tiny_model_dir, tmp_path, monkeypatch, deterministic):
     _fail_at_forward(monkeypatch, 2, lambda loss: loss * float("inf"))
-    with pytest.raises(NonFiniteError, match=r"non-finite loss \(inf\) at step 2.*checkpointing is off"):
+    with pytest.raises(NonFiniteError, match=r"non-finite loss \(inf\) at step 2.*Checkpointing is off"):
         finetune(_cfg(tiny_model_dir, tmp_path, checkpoint_every=0, export_dir=None))
     assert not (tmp_path / "wsc_cola_s0").exists()
 
@@ -292,6 +292,22 @@ def test_full_finetuning_exports_the_trained_model(tiny_model_dir, tmp_path, det
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, base.get_parameter(n))]
     assert len(changed) == len(list(base.parameters()))  # every weight trained and exported
+
+
+def test_links_without_an_export_and_compare_exports_per_method(tiny_model_dir, tmp_path, deterministic):
+    from cola_opt.llm.trainer import compare
+
+    r = finetune(_cfg(tiny_model_dir, tmp_path, method="lora", max_steps=2, knot_steps=None, link_ranks=None,
+                      checkpoint_every=0, export_dir=None, export_links=str(tmp_path / "only-links")))
+    assert r["export_dir"] is None
+    link = load_file(tmp_path / "only-links" / "link-00" / "adapter_model.safetensors")
+    assert any("lora_B" in k and float(v.abs().max()) > 0 for k, v in link.items())  # the trained last link
+
+    compare(_cfg(tiny_model_dir, tmp_path / "cmp", max_steps=4, knot_steps=None, link_ranks=None, chain_length=2,
+                 checkpoint_every=0, export_links=str(tmp_path / "cmp-links")), methods=("zero-shot", "lora", "cola"))
+    assert sorted(p.name for p in (tmp_path / "cmp" / "export").iterdir()) == ["cola", "lora"]
+    assert sorted(p.name for p in (tmp_path / "cmp-links" / "cola").iterdir()) == ["link-00", "link-01"]
+    assert sorted(p.name for p in (tmp_path / "cmp-links" / "lora").iterdir()) == ["link-00"]
 
 
 @pytest.mark.parametrize("change,message", [

@@ -177,10 +177,10 @@ class RunCheckpoints:
 def stopped_error(err: NonFiniteError, path: Path | None) -> NonFiniteError:
     """The guard's ``"stop"`` error, with where the state of the last finite step is and what to do."""
     if path is not None:
-        saved = (f"the state after step {err.step - 1} is checkpointed in {path}; rerun with --nonfinite skip "
+        saved = (f"The state after step {err.step - 1} is checkpointed in {path}; rerun with --nonfinite skip "
                  f"to skip step {err.step}")
     else:
-        saved = "checkpointing is off (--checkpoint-every 0): nothing was saved"
+        saved = "Checkpointing is off (--checkpoint-every 0): nothing was saved"
     return NonFiniteError(
         f"{err}. {saved}. Too high a learning rate (--lr) or an fp16 overflow (--autocast) are the usual causes",
         err.step,

@@ -3,7 +3,11 @@
 The loop reads top to bottom: sample data, load the model, inject LoRA through PEFT,
 wrap AdamW in a :class:`~cola_opt.core.ResidualLowRankOptimizer` whose knots are the
 chain, train as classification with a linear LR schedule, evaluate on dev each
-epoch and on test at the end, and write ``results.json``.
+epoch and on test at the end, export if asked, and write ``results.json``.
+
+Each step checks the loss and gradients (:class:`~cola_opt.guard.NonFiniteGuard`:
+stop or skip) and, every ``checkpoint_every`` steps, writes a crash-safe checkpoint
+from which a later call resumes (:mod:`cola_opt.llm.resume`, ``docs/robustness.md``).
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
     With ``cfg.checkpoint_every > 0`` the run writes crash-safe checkpoints to its run
     folder and, by default (``cfg.resume="auto"``), a later call with the same settings
     continues from the last one: the same steps, bit for bit on a deterministic CPU set-up
-    (``docs/trainer.md``, section 8). The checkpoint is deleted once ``results.json`` is
+    (``docs/robustness.md``). The checkpoint is deleted once ``results.json`` is
     written.
 
     Args:
