@@ -179,7 +179,9 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
     """
     state = load_json(Path(path) / _STATE)
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path} has format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT!r}")
+        raise ValueError(
+            f"checkpoint {path} has format {state.get('format')!r}; this version reads {CHECKPOINT_FORMAT!r}"
+        )
     return state
 
 

@@ -99,9 +99,9 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         step, nats; NaN or inf for a skipped step), ``skipped_steps`` (1-based steps whose
         update the non-finite guard dropped), ``knot_steps``, ``knots`` (each with its
         time in seconds), ``total_steps``, ``checkpoints`` (step, seconds, bytes of each
-        checkpoint written; null seconds and bytes for the one a run resumed from), ``resumed_from`` (the step of each resume), ``export_dir``,
-        and wall times in seconds (``train_seconds`` adds up the processes of a resumed
-        run). Also written to ``<output_dir>/<task>_<method>_s<seed>/results.json``.
+        checkpoint written; null seconds and bytes for the one a run resumed from),
+        ``resumed_from`` (the step of each resume), ``export_dir``, and wall times in
+        seconds (``train_seconds`` adds up the processes of a resumed run). Also written to ``<output_dir>/<task>_<method>_s<seed>/results.json``.
 
     Raises:
         ValueError, FileNotFoundError: bad configuration or data, a missing checkpoint
