@@ -101,7 +101,8 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         time in seconds), ``total_steps``, ``checkpoints`` (step, seconds, bytes of each
         checkpoint written; null seconds and bytes for the one a run resumed from),
         ``resumed_from`` (the step of each resume), ``export_dir``, and wall times in
-        seconds (``train_seconds`` adds up the processes of a resumed run). Also written to ``<output_dir>/<task>_<method>_s<seed>/results.json``.
+        seconds (``train_seconds`` adds up the processes of a resumed run). Also written
+        to ``<output_dir>/<task>_<method>_s<seed>/results.json``.
 
     Raises:
         ValueError, FileNotFoundError: bad configuration or data, a missing checkpoint
