@@ -27,6 +27,15 @@ import torch
 __all__ = ["atomic_write", "atomic_save_tensors", "atomic_save_json", "atomic_directory", "load_tensors", "load_json"]
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)  # read once, at import; os.umask can only be read by setting it
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
 def _fsync_dir(path: Path) -> None:
     if os.name != "posix":
         return  # directories cannot be opened for fsync on Windows
@@ -57,6 +66,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp's 0600 (and safetensors >= 0.8, which writes its own private file) would make the
+        # file private; open() would give 0666 less the umask
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -141,11 +153,13 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise ValueError(f"atomic_directory: {path} exists and is not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700 would make the directory private
     try:
         yield tmp
         for root, _, files in os.walk(tmp):
             for name in files:
                 with open(os.path.join(root, name), "rb+") as f:
+                    os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # as open() would: safetensors writes 0600
                     os.fsync(f.fileno())
         old = None
         if path.exists():

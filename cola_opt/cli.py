@@ -113,7 +113,8 @@ def _add_grid_parser(sub) -> None:
     add("--progress", type=_bool, default=True, help="show the grid's progress bar (default: True)")
 
 
-_GRID_PER_RUN = ("task", "method", "seed", "lr", "chain_length", "knot_steps", "link_ranks", "output_dir", "progress")
+_GRID_PER_RUN = ("task", "method", "seed", "lr", "chain_length", "knot_steps", "link_ranks", "output_dir", "progress",
+                 "export_dir", "export_links")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -151,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ModelLoadError, RuntimeError) as e:
         print(f"cola-opt: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("cola-opt: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"cola-opt: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
     return 0
 

@@ -168,18 +168,32 @@ class ResidualLowRankOptimizer:
         """Clear the inner optimizer's gradients."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None) -> KnotRecord | None:
         """One inner-optimizer step; then a knot if the schedule has one here.
 
+        Args:
+            closure: passed to the inner optimizer's ``step`` (LBFGS needs one); what it
+                returns (the loss) is not passed on: compute the loss yourself if you need it.
+
         Returns:
-            what the inner optimizer's ``step`` returned.
+            the :class:`KnotRecord` if a knot was tied after this step, else ``None``.
+
+        Raises:
+            NonFiniteUpdateError: as :meth:`tie_knot`, when a due knot refuses its merge;
+                the step is counted, the knot is not tied.
         """
-        out = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
-        self.advance()
-        return out
+        if closure is not None:
+            self.optimizer.step(closure)
+        else:
+            self.optimizer.step()
+        return self.advance()
 
     def advance(self) -> KnotRecord | None:
-        """Count one optimizer step done elsewhere (an HF ``Trainer``, say); knot if due."""
+        """Count one optimizer step done elsewhere (an HF ``Trainer``, say, or a skipped one); knot if due.
+
+        Returns:
+            the :class:`KnotRecord` if a knot was tied, else ``None``.
+        """
         self.step_count += 1
         if self.step_count in self.knot_steps:
             return self.tie_knot()

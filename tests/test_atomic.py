@@ -35,6 +35,21 @@ def test_tensors_round_trip_bitwise_with_shared_storage_and_metadata(tmp_path):
     assert os.listdir(tmp_path) == ["c.safetensors"]
 
 
+def test_files_and_directories_get_the_usual_permissions(tmp_path):
+    """Like open() and mkdir(): 0666 and 0777 less the umask, not tempfile's private 0600 and 0700."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    from safetensors.torch import save_file
+
+    atomic_save_json({"a": 1}, tmp_path / "r.json")
+    atomic_save_tensors({"a": torch.zeros(2)}, tmp_path / "t.safetensors")
+    with atomic_directory(tmp_path / "d") as tmp:
+        save_file({"a": torch.zeros(2)}, tmp / "model.safetensors")  # as save_pretrained does
+    for f in ("r.json", "t.safetensors", "d/model.safetensors"):
+        assert (tmp_path / f).stat().st_mode & 0o777 == 0o666 & ~mask, f
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
 def test_bad_input_is_refused_before_any_file_is_touched(tmp_path):
     with pytest.raises(ValueError, match="not tensors"):
         atomic_save_tensors({"a": [1.0]}, tmp_path / "x.safetensors")

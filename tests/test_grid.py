@@ -105,6 +105,15 @@ def test_changed_settings_do_not_reuse_old_runs(tiny_model_dir, fixtures_dir, tm
     assert len(read_records(tmp_path / "runs.jsonl")) == 2 and recs[0]["total_steps"] == 4
 
 
+def test_fingerprint_ignores_the_checkpoint_and_export_fields():
+    """Grids fingerprinted before those fields existed still resume: the hash is unchanged at their defaults."""
+    base = FinetuneConfig(model="x", n_train=8, n_dev=3, epochs=2, batch_size=2, autocast="none")
+    recorded = "036cb5624ca0"  # GridConfig(base=base).fingerprint() before checkpoint_every ... existed
+    assert GridConfig(base=base).fingerprint() == recorded
+    assert GridConfig(base=base.replace(checkpoint_every=5, resume="never")).fingerprint() == recorded
+    assert GridConfig(base=base.replace(nonfinite="skip")).fingerprint() != recorded  # skipping changes results
+
+
 def test_lr_choice_takes_best_dev_and_earlier_on_ties():
     grid = GridConfig(tasks=("cb",), methods=("zero-shot", "lora", "cola2"), lrs=(1e-3, 5e-4, 1e-4))
     recs = [{"run_id": Run("cb", m, 0, lr).run_id, "dev_accuracy": acc}
@@ -138,6 +147,7 @@ def test_stepdown_knot_at_three_fifths(tiny_model_dir, fixtures_dir, tmp_path):
     ({"lr_select": "task", "methods": ("cola2",)}, "lr_select 'task' chooses the LR with LoRA"),
     ({"tasks": ("boolq", "copa")}, "unknown task 'copa'"),
     ({"stepdown_at": 1.0}, r"stepdown_at 1.0 must be in \(0, 1\)"),
+    ({"base": FinetuneConfig(export_dir="out")}, "export_dir and export_links are per run; a grid does not export"),
 ])
 def test_bad_grid_fails_before_any_run(change, message, tiny_model_dir, fixtures_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "finetune", lambda *a, **k: pytest.fail("a run started"))

@@ -24,10 +24,13 @@ def _chain(reset, m=80, n=60, r=16):
     chain = ResidualLowRankOptimizer([site], opt, reset=reset, knot_steps=[2])
     with torch.no_grad():
         site.lora_B.normal_(generator=g)
+    returned = []
     for _ in range(2):
         (site.effective_weight().pow(3).sum() + extra.pow(2).sum()).backward()
-        chain.step()  # the second step ties the knot
+        returned.append(chain.step())  # the second step ties the knot
         chain.zero_grad()
+    assert returned[0] is None and returned[1] is chain.knots[-1]  # step() returns the knot it tied
+    assert (returned[1].link, returned[1].step) == (0, 2)
     return chain, site, extra
 
 

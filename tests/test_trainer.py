@@ -91,7 +91,8 @@ def test_cli_help_lists_defaults_and_units(capsys):
         main(["compare", "--help"])
     out = capsys.readouterr().out
     for text in ("--chain-length", "(default: 3)", "--lr", "(default: 0.0005)", "(examples)", "(optimizer steps",
-                 "--target-modules", "(default: q_proj,v_proj)"):
+                 "--target-modules", "(default: q_proj,v_proj)", "--checkpoint-every", "(optimizer steps; 0 = off)",
+                 "--resume", "(default: auto)", "--nonfinite", "(default: stop)", "--export-dir", "--export-links"):
         assert text in out
 
 

@@ -9,15 +9,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ..guard import GUARD_POLICIES
 from ..reset import make_reset_policy
 from ..schedules import uniform_knots, validate_knots
 from .lora import LoraSettings
 from .tasks import get_task
 
-__all__ = ["FinetuneConfig", "METHODS", "plan_steps"]
+__all__ = ["FinetuneConfig", "METHODS", "RESUME_MODES", "RESUMABLE_CHANGES", "plan_steps"]
 
 METHODS = ("zero-shot", "lora", "cola", "full")
+RESUME_MODES = ("auto", "require", "never")
+# fields a resumed run may change: they do not change the trained weights (nonfinite: to skip a step that stopped)
+RESUMABLE_CHANGES = ("data_dir", "device", "eval_batch_size", "output_dir", "progress", "checkpoint_every", "resume",
+                     "nonfinite", "export_dir")
 
 
 def _f(default, help: str, **kw):
@@ -68,6 +74,25 @@ class FinetuneConfig:
     autocast: str = _f("bf16", "autocast dtype for forward passes: none, bf16 or fp16")
     output_dir: str = _f("runs", "folder for results (one subfolder per run)")
     progress: bool = _f(True, "show progress bars")
+    checkpoint_every: int = _f(
+        0, "write a resumable checkpoint to <run folder>/checkpoint every N optimizer steps and after the last "
+        "(optimizer steps; 0 = off)"
+    )
+    resume: str = _f(
+        "auto", "auto: continue from the run folder's checkpoint if there is one; require: fail if there is none; "
+        "never: delete it and start over"
+    )
+    nonfinite: str = _f(
+        "stop", "on a NaN/inf loss or gradient: stop (write a checkpoint of the last finite step, then raise) or "
+        "skip (drop that step's update; the step still counts for the LR schedule and the knots)"
+    )
+    export_dir: str | None = _f(
+        None, "after training, write the merged model here: an HF model directory with chain.json (none = off)"
+    )
+    export_links: str | None = _f(
+        None, "folder in which each link is saved as a PEFT adapter (link-00, link-01, ...) just before it is "
+        "merged (none = off)"
+    )
 
     def validate(self) -> None:
         """Check every field that can be checked without data or a model.
@@ -110,6 +135,28 @@ class FinetuneConfig:
             raise ValueError(f"autocast {self.autocast!r} must be none, bf16 or fp16")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
+        self._validate_robustness()
+
+    def _validate_robustness(self) -> None:
+        """Checkpoint, resume, non-finite and export fields."""
+        c = self.checkpoint_every
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise ValueError(f"checkpoint_every must be an integer >= 0 (optimizer steps; 0 = off), got {c!r}")
+        if self.resume not in RESUME_MODES:
+            raise ValueError(f"resume {self.resume!r} must be one of {RESUME_MODES}")
+        if self.nonfinite not in GUARD_POLICIES:
+            raise ValueError(f"nonfinite {self.nonfinite!r} must be one of {GUARD_POLICIES}")
+        if self.method == "zero-shot" and (self.export_dir or self.export_links):
+            raise ValueError("export_dir and export_links need a trained method; method zero-shot trains nothing")
+        if self.method == "full" and self.export_links:
+            raise ValueError("export_links needs a LoRA method (lora or cola); method full has no links")
+        if self.export_dir and self.export_links:
+            d, links = Path(self.export_dir).resolve(), Path(self.export_links).resolve()
+            if links == d or d in links.parents:
+                raise ValueError(
+                    f"export_links {self.export_links!r} must lie outside export_dir {self.export_dir!r}: "
+                    "the export replaces that directory as a whole"
+                )
 
     def lora_settings(self) -> LoraSettings:
         """The LoRA part of the config."""

@@ -49,7 +49,9 @@ ALL_TASKS = ("sst2", "rte", "cb", "wic", "wsc", "boolq", "multirc")
 DEFAULT_METHODS = ("zero-shot", "lora", "cola2", "cola3", "stepdown-r2", "stepdown-r4", "stepdown-r6", "stepdown-r8")
 # FinetuneConfig fields that identify a cell, or that do not change its result
 _PER_RUN = ("task", "method", "seed", "lr", "chain_length", "knot_steps", "link_ranks", "output_dir", "progress")
-_NO_EFFECT = ("data_dir", "device", "eval_batch_size")
+_NO_EFFECT = ("data_dir", "device", "eval_batch_size", "checkpoint_every", "resume", "export_dir", "export_links")
+# fields added after grids were fingerprinted: left out of the fingerprint at their old behaviour
+_LATER_DEFAULTS = {"nonfinite": "stop"}
 
 
 @dataclass
@@ -113,11 +115,14 @@ class GridConfig:
             raise ValueError("lr_select 'task' chooses the LR with LoRA: add 'lora' to methods")
         if not 0 < self.stepdown_at < 1:
             raise ValueError(f"stepdown_at {self.stepdown_at!r} must be in (0, 1)")
+        if self.base.export_dir or self.base.export_links:
+            raise ValueError("export_dir and export_links are per run; a grid does not export (use cola-opt finetune)")
         self.base.replace(method="lora").validate()
 
     def fingerprint(self) -> str:
         """Hash of the shared settings that change a run's result (12 hex digits)."""
-        shared = {k: v for k, v in self.base.to_dict().items() if k not in _PER_RUN + _NO_EFFECT}
+        shared = {k: v for k, v in self.base.to_dict().items()
+                  if k not in _PER_RUN + _NO_EFFECT and _LATER_DEFAULTS.get(k, object()) != v}
         shared["stepdown_at"] = self.stepdown_at
         return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -3,14 +3,17 @@
 The loop reads top to bottom: sample data, load the model, inject LoRA through PEFT,
 wrap AdamW in a :class:`~cola_opt.core.ResidualLowRankOptimizer` whose knots are the
 chain, train as classification with a linear LR schedule, evaluate on dev each
-epoch and on test at the end, and write ``results.json``.
+epoch and on test at the end, export if asked, and write ``results.json``.
+
+Each step checks the loss and gradients (:class:`~cola_opt.guard.NonFiniteGuard`:
+stop or skip) and, every ``checkpoint_every`` steps, writes a crash-safe checkpoint
+from which a later call resumes (:mod:`cola_opt.llm.resume`, ``docs/robustness.md``).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
-import os
 import platform
 import time
 from pathlib import Path
@@ -18,14 +21,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_directory, atomic_save_json
 from ..core import ResidualLowRankOptimizer
+from ..guard import NonFiniteError, NonFiniteGuard
+from .checkpoint import CHECKPOINT_DIR, DeferredInterrupt, capture_rng, remove_checkpoints, run_lock
 from .config import FinetuneConfig, plan_steps
+from .export import LinkAdapterWriter, export_merged
 from .lora import inject_lora, lora_sites
 from .models import load_model
+from .resume import RunCheckpoints, resume_point, run_fingerprint, stopped_error
 from .scoring import autocast_context, candidate_scores, classification_loss, encode_examples, evaluate
 from .tasks import Splits, get_task, sample_splits
 
-__all__ = ["finetune", "compare", "resolve_device", "write_json_atomic", "majority_accuracy"]
+__all__ = ["finetune", "compare", "resolve_device", "majority_accuracy", "run_dir_of"]
 
 
 def resolve_device(device: str) -> str:
@@ -39,18 +47,6 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
     return device
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def majority_accuracy(splits: Splits) -> float:
@@ -77,8 +73,19 @@ def _prepare(cfg: FinetuneConfig, splits: Splits | None):
     return splits, per_epoch, total, knots
 
 
+def run_dir_of(cfg: FinetuneConfig) -> Path:
+    """The run folder ``<output_dir>/<task>_<method>_s<seed>``: results, checkpoint."""
+    return Path(cfg.output_dir) / f"{cfg.task}_{cfg.method}_s{cfg.seed}"
+
+
 def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
     """Run one method of ``cfg`` and return (and write) its results.
+
+    With ``cfg.checkpoint_every > 0`` the run writes crash-safe checkpoints to its run
+    folder and, by default (``cfg.resume="auto"``), a later call with the same settings
+    continues from the last one: the same steps, bit for bit on a deterministic CPU set-up
+    (``docs/robustness.md``). The checkpoint is deleted once ``results.json`` is
+    written.
 
     Args:
         cfg: the configuration; ``cfg.method`` picks zero-shot, LoRA, COLA or full
@@ -88,60 +95,95 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
     Returns:
         a JSON-ready dict: ``config``, ``counts``, ``dev_history`` (per epoch),
         ``dev`` and ``test`` accuracy in [0, 1] (``test`` also holds ``predictions``,
-        the predicted candidate index per test example, in order), ``train_loss`` (per step, nats),
-        ``knot_steps``, ``knots`` (each with its time in seconds), ``total_steps`` and
-        wall times in seconds. Also written to ``<output_dir>/<task>_<method>_s<seed>/results.json``.
+        the predicted candidate index per test example, in order), ``train_loss`` (per
+        step, nats; NaN or inf for a skipped step), ``skipped_steps`` (1-based steps whose
+        update the non-finite guard dropped), ``knot_steps``, ``knots`` (each with its
+        time in seconds), ``total_steps``, ``checkpoints`` (step, seconds, bytes of each
+        checkpoint written; null seconds and bytes for the one a run resumed from),
+        ``resumed_from`` (the step of each resume), ``export_dir``, and wall times in
+        seconds (``train_seconds`` adds up the processes of a resumed run). Also written
+        to ``<output_dir>/<task>_<method>_s<seed>/results.json``.
 
     Raises:
-        ValueError, FileNotFoundError: bad configuration or data, before any training.
+        ValueError, FileNotFoundError: bad configuration or data, a missing checkpoint
+            with ``resume="require"``, or a checkpoint written with another configuration,
+            before any training.
+        RuntimeError: another process is training in the same run folder.
         cola_opt.llm.models.ModelLoadError: the model cannot be loaded.
-        FloatingPointError: the training loss became NaN or inf.
+        cola_opt.guard.NonFiniteError: a NaN or inf loss or gradient with
+            ``nonfinite="stop"``; the last finite step is checkpointed first (if on).
+        KeyboardInterrupt: Ctrl-C or SIGTERM; with checkpoints on, the first one ends the
+            current step and writes a checkpoint first.
     """
     t_start = time.perf_counter()
     splits, per_epoch, total_steps, knots = _prepare(cfg, splits)
-    device = resolve_device(cfg.device)
-    _seed_everything(cfg.seed)
-    model, tok = load_model(cfg.model, dtype=cfg.dtype, device=device)
-    model.config.use_cache = False
-    enc = {k: encode_examples(tok, getattr(splits, k), cfg.max_length) for k in ("train", "dev", "test")}
-    pad = tok.pad_token_id
-    result: dict = {
-        "config": cfg.to_dict(),
-        "device": device,
-        "host": platform.node(),
-        "data_source": splits.source,
-        "counts": splits.counts,
-        "steps_per_epoch": per_epoch,
-        "total_steps": total_steps if cfg.method != "zero-shot" else 0,
-        "knot_steps": list(knots),
-        "dev_history": [],
-        "train_loss": [],
-        "knots": [],
-    }
+    run_dir = run_dir_of(cfg)
+    trains = cfg.method != "zero-shot"
+    with contextlib.ExitStack() as stack:
+        if trains and (cfg.checkpoint_every > 0 or (run_dir / CHECKPOINT_DIR).is_dir()):
+            stack.enter_context(run_lock(run_dir))
+        resume_from = resume_point(cfg, run_dir) if trains else None
+        device = resolve_device(cfg.device)
+        _seed_everything(cfg.seed)
+        model, tok = load_model(cfg.model, dtype=cfg.dtype, device=device)
+        model.config.use_cache = False
+        enc = {k: encode_examples(tok, getattr(splits, k), cfg.max_length) for k in ("train", "dev", "test")}
+        pad = tok.pad_token_id
+        result: dict = {
+            "config": cfg.to_dict(),
+            "device": device,
+            "host": platform.node(),
+            "data_source": splits.source,
+            "counts": splits.counts,
+            "steps_per_epoch": per_epoch,
+            "total_steps": total_steps if trains else 0,
+            "knot_steps": list(knots),
+            "dev_history": [],
+            "train_loss": [],
+            "skipped_steps": [],
+            "knots": [],
+            "checkpoints": [],
+            "resumed_from": [],
+            "train_seconds": 0.0,
+        }
 
-    def run_eval(name: str, model) -> dict:
-        if not enc[name]:
-            return {"accuracy": float("nan"), "loss": float("nan"), "n": 0}
-        r = evaluate(model, enc[name], pad_id=pad, batch_size=cfg.eval_batch_size, autocast=cfg.autocast)
-        if name != "test":  # test predictions stay, for paired tests across methods
-            r.pop("predictions")
-        return r
+        def run_eval(name: str, model) -> dict:
+            if not enc[name]:
+                return {"accuracy": float("nan"), "loss": float("nan"), "n": 0}
+            r = evaluate(model, enc[name], pad_id=pad, batch_size=cfg.eval_batch_size, autocast=cfg.autocast)
+            if name != "test":  # test predictions stay, for paired tests across methods
+                r.pop("predictions")
+            return r
 
-    t_train = time.perf_counter()
-    if cfg.method != "zero-shot":
-        model = _train(cfg, model, enc, pad, per_epoch, total_steps, knots, result, run_eval)
-    result["train_seconds"] = time.perf_counter() - t_train
-    t_eval = time.perf_counter()
-    if cfg.method == "zero-shot":
-        result["dev_history"].append({"epoch": 0, "step": 0, **run_eval("dev", model)})
-    result["test"] = run_eval("test", model)
-    result["dev"] = result["dev_history"][-1] if result["dev_history"] else None
-    result["test_seconds"] = time.perf_counter() - t_eval
-    result["wall_seconds"] = time.perf_counter() - t_start
-    out = Path(cfg.output_dir) / f"{cfg.task}_{cfg.method}_s{cfg.seed}" / "results.json"
-    write_json_atomic(out, result)
+        chain = None
+        if trains:
+            model, chain = _train(cfg, model, enc, pad, total_steps, knots, result, run_eval, run_dir, resume_from)
+        t_eval = time.perf_counter()
+        if not trains:
+            result["dev_history"].append({"epoch": 0, "step": 0, **run_eval("dev", model)})
+        result["test"] = run_eval("test", model)
+        result["dev"] = result["dev_history"][-1] if result["dev_history"] else None
+        result["test_seconds"] = time.perf_counter() - t_eval
+        result["export_dir"] = _export(cfg, model, chain, tok) if cfg.export_dir else None
+        result["wall_seconds"] = time.perf_counter() - t_start
+        out = run_dir / "results.json"
+        atomic_save_json(result, out)
+        if trains:
+            remove_checkpoints(run_dir)
     result["results_path"] = str(out)
     return result
+
+
+def _export(cfg: FinetuneConfig, model, chain, tokenizer) -> str:
+    """Write the trained model to ``cfg.export_dir`` (after the test evaluation: this consumes a PEFT model)."""
+    if cfg.method == "full":
+        with atomic_directory(cfg.export_dir) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    else:
+        extra = {k: getattr(cfg, k) for k in ("task", "model", "method", "seed", "lr")}
+        export_merged(chain, model, cfg.export_dir, tokenizer=tokenizer, extra=extra)
+    return str(cfg.export_dir)
 
 
 class _NoChain:
@@ -154,12 +196,56 @@ class _NoChain:
         self.optimizer.step()
         self.step_count += 1
 
+    def advance(self) -> None:
+        self.step_count += 1
+
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
+    def state_dict(self) -> dict:
+        return {"inner": self.optimizer.state_dict(), "step_count": self.step_count}
 
-def _train(cfg, model, enc, pad, per_epoch, total_steps, knots, result, run_eval):
-    from tqdm.auto import tqdm
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["inner"])
+        self.step_count = int(state["step_count"])
+
+
+def _step_groups(n_train: int, cfg: FinetuneConfig, epoch: int = 0, index: int = 0):
+    """Yield ``(epoch, index, micro_batches, last_of_epoch)`` per optimizer step, from position ``(epoch, index)``.
+
+    Epoch ``e`` visits the training examples in ``torch.randperm`` order from a generator
+    seeded with ``seed * 7919 + e``, cut into micro-batches of ``batch_size`` and groups of
+    ``grad_accum``; a position is therefore re-derived from ``(epoch, index)`` alone.
+    """
+    while True:
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+        batches = [order[i : i + cfg.batch_size].tolist() for i in range(0, n_train, cfg.batch_size)]
+        groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+        for i in range(index, len(groups)):
+            yield epoch, i, groups[i], i == len(groups) - 1
+        epoch, index = epoch + 1, 0
+
+
+def _forward_backward(model, train, group, pad, autocast: str, device) -> float:
+    """Accumulate one optimizer step's gradients over its micro-batches; return its loss (nats per example)."""
+    n_ex = sum(len(b) for b in group)
+    step_loss = 0.0
+    for idx in group:
+        batch = [train[i] for i in idx]
+        labels = torch.tensor([e.label for e in batch], device=device)
+        with autocast_context(device, autocast):
+            scores = candidate_scores(model, batch, pad)
+        loss = classification_loss(scores, labels)
+        (loss * len(idx) / n_ex).backward()
+        step_loss += loss.item() * len(idx) / n_ex
+        # Free this graph now: a knot that changes the rank resizes the factors, and a
+        # live old graph keeps their gradient accumulators with the old shape.
+        del scores, loss
+    return step_loss
+
+
+def _build(cfg: FinetuneConfig, model, total_steps: int, knots):
+    """``(model, chain, scheduler)``: LoRA injected (unless full), AdamW wrapped in the chain, linear LR."""
     from transformers import get_linear_schedule_with_warmup
 
     if cfg.method != "full":
@@ -168,62 +254,73 @@ def _train(cfg, model, enc, pad, per_epoch, total_steps, knots, result, run_eval
     inner = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(inner, cfg.warmup_steps, total_steps)
     if cfg.method == "full":
-        chain = _NoChain(inner)
-    else:
-        chain = ResidualLowRankOptimizer(
-            lora_sites(model), inner, knot_steps=knots, ranks=cfg.link_ranks, reset=cfg.optimizer_reset, seed=cfg.seed
-        )
+        return model, _NoChain(inner), sched
+    chain = ResidualLowRankOptimizer(
+        lora_sites(model), inner, knot_steps=knots, ranks=cfg.link_ranks, reset=cfg.optimizer_reset, seed=cfg.seed
+    )
+    return model, chain, sched
+
+
+def _train(cfg, model, enc, pad, total_steps, knots, result, run_eval, run_dir, resume_from):
+    """Train in place from step 0 or from ``resume_from``; return ``(model, chain)``."""
+    from tqdm.auto import tqdm
+
+    model, chain, sched = _build(cfg, model, total_steps, knots)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    guard = NonFiniteGuard(cfg.nonfinite)
+    links = LinkAdapterWriter(chain, model, cfg.export_links) if cfg.export_links else None
+    bar = tqdm(total=total_steps, desc=f"{cfg.method} {cfg.task}", disable=not cfg.progress, unit="step")
+    saves = cfg.checkpoint_every > 0 or resume_from is not None
+    fingerprint = run_fingerprint(model, chain, enc["train"]) if saves else {}
+    ckpt = RunCheckpoints(cfg, run_dir, model, chain, sched, guard, result, fingerprint, bar.write)
+    position = ckpt.restore(resume_from) if resume_from is not None else (0, 0)
+    bar.update(chain.step_count)
     train = enc["train"]
-    micro = cfg.batch_size
     device = next(model.parameters()).device
     model.train()
-    bar = tqdm(total=total_steps, desc=f"{cfg.method} {cfg.task}", disable=not cfg.progress, unit="step")
     ema = None
-    epoch = 0
-    while chain.step_count < total_steps:
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-        batches = [order[i : i + micro].tolist() for i in range(0, len(order), micro)]
-        for start in range(0, len(batches), cfg.grad_accum):
-            group = batches[start : start + cfg.grad_accum]
-            n_ex = sum(len(b) for b in group)
-            step_loss = 0.0
-            for idx in group:
-                batch = [train[i] for i in idx]
-                labels = torch.tensor([e.label for e in batch], device=device)
-                with autocast_context(device, cfg.autocast):
-                    scores = candidate_scores(model, batch, pad)
-                loss = classification_loss(scores, labels)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training loss is {loss.item()} at step {chain.step_count + 1} (link {chain.link}); "
-                        "no update from it was applied. Lower --lr or use --autocast none."
-                    )
-                (loss * len(idx) / n_ex).backward()
-                step_loss += loss.item() * len(idx) / n_ex
-                # Free this graph now: a knot that changes the rank resizes the factors, and a
-                # live old graph keeps their gradient accumulators with the old shape.
-                del scores, loss
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    with DeferredInterrupt(enabled=ckpt.on, notify=bar.write) as interrupt:
+        for epoch, index, group, epoch_ends in _step_groups(len(train), cfg, *position):
+            if chain.step_count >= total_steps:
+                break
+            rng = capture_rng() if ckpt.on else None  # for a checkpoint of the state before this step
+            step_loss = _forward_backward(model, train, group, pad, cfg.autocast, device)
+            try:
+                finite = guard.check(step_loss, named, step=chain.step_count + 1)
+            except NonFiniteError as e:  # policy "stop": nothing of this step was applied
+                raise stopped_error(e, ckpt.save((epoch, index), rng) if ckpt.on else None) from e
             lr_now = sched.get_last_lr()[0]
-            chain.step()  # a knot, when scheduled after this step, is tied inside
+            if finite:
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                knot = chain.step()  # a knot, when scheduled after this step, is tied inside
+            else:  # policy "skip": no update, but the step counts (LR schedule, knots, data)
+                knot = chain.advance()
+                result["skipped_steps"].append(chain.step_count)
+                bar.write(f"step {chain.step_count}: non-finite loss or gradient ({step_loss}); update skipped")
             sched.step()
             chain.zero_grad()
             result["train_loss"].append(step_loss)
-            ema = step_loss if ema is None else 0.9 * ema + 0.1 * step_loss
+            ema = step_loss if ema is None or not math.isfinite(ema) else 0.9 * ema + 0.1 * step_loss
             bar.set_postfix(loss=f"{ema:.3f}", link=f"{chain.link + 1}/{chain.chain_length}", lr=f"{lr_now:.1e}")
             bar.update(1)
-            if chain.knots and chain.knots[-1].step == chain.step_count:
-                rec = chain.knots[-1]
-                bar.write(f"knot {rec.link + 1} tied at step {rec.step} in {rec.seconds * 1e3:.1f} ms")
-            if chain.step_count >= total_steps:
-                break
-        epoch += 1
-        result["dev_history"].append({"epoch": epoch, "step": chain.step_count, **run_eval("dev", model)})
-        bar.write(f"epoch {epoch}: dev accuracy {result['dev_history'][-1]['accuracy']:.4f}")
+            if knot is not None:
+                bar.write(f"knot {knot.link + 1} tied at step {knot.step} in {knot.seconds * 1e3:.1f} ms")
+            if epoch_ends or chain.step_count >= total_steps:
+                result["dev_history"].append({"epoch": epoch + 1, "step": chain.step_count, **run_eval("dev", model)})
+                bar.write(f"epoch {epoch + 1}: dev accuracy {result['dev_history'][-1]['accuracy']:.4f}")
+            if ckpt.due(total_steps, interrupt.requested is not None):
+                ckpt.save((epoch + 1, 0) if epoch_ends else (epoch, index + 1))
+            if interrupt.requested:
+                raise KeyboardInterrupt(f"{interrupt.requested} after step {chain.step_count}; run the same command "
+                                        f"again to resume from the checkpoint in {run_dir / CHECKPOINT_DIR}")
     bar.close()
+    if links is not None and not cfg.export_dir:
+        links(chain)  # the last link (an export would merge it, and save it through the hook)
     result["knots"] = [vars(k) for k in chain.knots]
-    return model
+    result["train_seconds"] = ckpt.train_seconds()
+    return model, chain
 
 
 def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
@@ -231,6 +328,8 @@ def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
 
     LoRA is the chain with one link; COLA uses ``cfg.chain_length`` (or ``knot_steps``).
     All other settings are shared. Writes ``<output_dir>/<task>_compare_s<seed>.json``.
+    Each trained method exports to ``<export_dir>/<method>`` and its links to
+    ``<export_links>/<method>`` when those are set; each resumes from its own checkpoint.
 
     Returns:
         ``{"methods": {method: result}, "majority": accuracy, "table": str}``.
@@ -240,7 +339,7 @@ def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
     """
     cfg.validate()
     splits, *_ = _prepare(cfg, None)
-    cfgs = {m: cfg.replace(method=m, link_ranks=cfg.link_ranks if m == "cola" else None) for m in methods}
+    cfgs = {m: _method_config(cfg, m) for m in methods}
     for c in cfgs.values():  # every method's plan is checked before any training starts
         plan_steps(c, len(splits.train))
     results = {m: finetune(c, splits) for m, c in cfgs.items()}
@@ -248,8 +347,16 @@ def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
     table = format_table(cfg, results, majority)
     print(table)
     summary = {"config": cfg.to_dict(), "counts": splits.counts, "majority": majority, "methods": results, "table": table}
-    write_json_atomic(Path(cfg.output_dir) / f"{cfg.task}_compare_s{cfg.seed}.json", summary)
+    atomic_save_json(summary, Path(cfg.output_dir) / f"{cfg.task}_compare_s{cfg.seed}.json")
     return summary
+
+
+def _method_config(cfg: FinetuneConfig, method: str) -> FinetuneConfig:
+    """``cfg`` for one method of :func:`compare`: link ranks for COLA only, exports in a folder per method."""
+    export_dir = str(Path(cfg.export_dir) / method) if cfg.export_dir and method != "zero-shot" else None
+    export_links = str(Path(cfg.export_links) / method) if cfg.export_links and method in ("lora", "cola") else None
+    return cfg.replace(method=method, link_ranks=cfg.link_ranks if method == "cola" else None,
+                       export_dir=export_dir, export_links=export_links)
 
 
 def format_table(cfg: FinetuneConfig, results: dict, majority: float) -> str:

@@ -1,0 +1,124 @@
+"""The checkpoint folder: one pointer, complete directories, bitwise round trips."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cola_opt.llm.checkpoint as checkpoint
+from cola_opt.llm.checkpoint import (
+    find_checkpoint,
+    frozen_fingerprint,
+    read_state,
+    remove_checkpoints,
+    restore_checkpoint,
+    write_checkpoint,
+)
+
+
+def _objects(seed: int):
+    """A model with one frozen weight, AdamW over the rest, a LambdaLR; the optimizer stands in for the chain."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    model[0].weight.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (t + 1))
+    return model, opt, sched
+
+
+def _step(model, opt, sched):
+    model(torch.randn(5, 4)).pow(2).sum().backward()
+    opt.step()
+    sched.step()
+    opt.zero_grad()
+
+
+def _write(tmp_path, step, model, opt, sched, state=None):
+    return write_checkpoint(tmp_path, step=step, model=model, chain=opt, scheduler=sched, state=state or {})
+
+
+def test_a_write_killed_before_the_pointer_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    model, opt, sched = _objects(0)
+    _step(model, opt, sched)
+    _write(tmp_path, 1, model, opt, sched)
+    _step(model, opt, sched)
+
+    def killed(*a):
+        raise KeyboardInterrupt("killed between the new directory and the pointer")
+
+    monkeypatch.setattr(checkpoint, "_write_pointer", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _write(tmp_path, 2, model, opt, sched)
+    root = tmp_path / "checkpoint"
+    assert find_checkpoint(tmp_path) == root / "step-000001"
+    assert sorted(p.name for p in root.iterdir()) == ["latest.json", "step-000001", "step-000002"]  # 2: unread
+    monkeypatch.undo()
+    (root / ".step-000003.abc.tmp").mkdir()  # what a kill inside atomic_directory leaves
+    _step(model, opt, sched)
+    assert _write(tmp_path, 3, model, opt, sched) == root / "step-000003"
+    assert sorted(p.name for p in root.iterdir()) == ["latest.json", "step-000003"]
+    assert read_state(root / "step-000003")["step"] == 3
+    remove_checkpoints(tmp_path)
+    assert find_checkpoint(tmp_path) is None and not root.exists()
+
+
+def test_restore_is_bitwise_and_sets_the_rng(tmp_path):
+    model, opt, sched = _objects(0)
+    for _ in range(3):
+        _step(model, opt, sched)
+    state = {"position": (1, 4), "loss": [0.5, float("nan")], "ids": torch.arange(3), "np": np.arange(4.0),
+             7: "an int key"}
+    _write(tmp_path, 3, model, opt, sched, state)
+    trained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    after = (torch.rand(3), np.random.rand(), random.random())
+    _step(model, opt, sched)  # the uninterrupted run goes on (its batch comes from the global RNG)
+
+    model2, opt2, sched2 = _objects(1)  # other initial weights, other RNG state
+    back = restore_checkpoint(find_checkpoint(tmp_path), model=model2, chain=opt2, scheduler=sched2)
+    assert torch.equal(torch.rand(3), after[0]) and (np.random.rand(), random.random()) == after[1:]
+    for n, p in model2.named_parameters():
+        if n == "0.weight":  # frozen: not in the checkpoint
+            assert not torch.equal(p, trained[n])
+        else:
+            assert torch.equal(p, trained[n]), n
+    assert sched2.last_epoch == 3 and opt2.param_groups[0]["lr"] == 0.1 / 4
+    assert back["position"] == (1, 4) and back[7] == "an int key" and torch.equal(back["ids"], torch.arange(3))
+    assert back["loss"][0] == 0.5 and math.isnan(back["loss"][1]) and back["np"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    # with the same frozen weight (the same model loaded), the resumed step is the uninterrupted one, bit for bit
+    with torch.no_grad():
+        model2[0].weight.copy_(model[0].weight)
+    _step(model2, opt2, sched2)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+    for p, q in zip(opt.param_groups[0]["params"], opt2.param_groups[0]["params"]):
+        assert all(torch.equal(opt2.state[q][k], v) for k, v in opt.state[p].items())
+
+
+def test_restore_refuses_a_model_that_trains_other_parameters(tmp_path):
+    model, opt, sched = _objects(0)
+    _write(tmp_path, 1, model, opt, sched)
+    model2, opt2, sched2 = _objects(0)
+    model2[0].weight.requires_grad_(True)
+    with pytest.raises(ValueError, match=r"holds other parameters than this model trains: \['0.weight'\]"):
+        restore_checkpoint(find_checkpoint(tmp_path), model=model2, chain=opt, scheduler=sched2)
+
+
+def test_frozen_fingerprint_sees_a_changed_frozen_weight():
+    model, opt, _ = _objects(0)
+    before = frozen_fingerprint(model, opt)
+    with torch.no_grad():
+        model[1].weight.add_(1.0)  # trainable: not part of it
+    assert frozen_fingerprint(model, opt) == before
+    with torch.no_grad():
+        model[0].weight[0, 0] += 1e-3
+    assert frozen_fingerprint(model, opt) != before
+
+
+def test_state_that_is_not_json_or_tensors_is_refused_before_any_file(tmp_path):
+    model, opt, sched = _objects(0)
+    with pytest.raises(TypeError, match="cannot store object at 'state.bad'"):
+        _write(tmp_path, 1, model, opt, sched, {"bad": object()})
+    assert not (tmp_path / "checkpoint").exists()
