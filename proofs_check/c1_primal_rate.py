@@ -24,11 +24,10 @@ import numpy as np
 from cola_opt import problems
 from cola_opt.bounds import fw_primal_bound, nuclear_diameter
 from cola_opt.refine import FactorRefinement
-from cola_opt.sets import NuclearBall
 from cola_opt.solve import minimize
 from cola_opt.step_sizes import Constant, ExactLineSearch, OpenLoop
 
-from .common import FlippedBall, Tracker, fstar_bounds
+from .common import Tracker, ball_for, check_broken, fstar_bounds
 
 NAME = "C1"
 CLAIM = "convex primal gap <= 2 L D^2/(t+2), open-loop steps (Jaggi 2013, Thm 1)"
@@ -49,13 +48,12 @@ def instances(quick: bool = False):
 
 
 def run(broken: str | None = None, quick: bool = False, iters: int = 150):
-    if broken not in (None,) + BROKEN:
-        raise ValueError(f"unknown broken variant {broken!r}; choose from {BROKEN}")
+    check_broken(broken, BROKEN)
     tr = Tracker(NAME, CLAIM, broken=broken)
     for pb in instances(quick):
         lower, upper = fstar_bounds(pb)
         L, D = pb.objective.smoothness, nuclear_diameter(pb.tau)
-        ball = FlippedBall(pb.tau) if broken == "wrong_sign" else NuclearBall(pb.tau)
+        ball = ball_for(pb.tau, broken)
         variants = [dict(step_size=Constant(1.0) if broken == "wrong_step" else OpenLoop())]
         if broken is None:
             variants.append(dict(step_size=OpenLoop(), refine=FactorRefinement(20)))

@@ -27,11 +27,10 @@ import math
 from cola_opt import problems
 from cola_opt.bounds import fw_min_gap_bound, nuclear_diameter
 from cola_opt.refine import FactorRefinement
-from cola_opt.sets import NuclearBall
 from cola_opt.solve import minimize
 from cola_opt.step_sizes import Backtracking, ExactLineSearch, OpenLoop
 
-from .common import FlippedBall, Tracker, fstar_bounds
+from .common import Tracker, ball_for, check_broken, fstar_bounds
 
 NAME = "C2"
 CLAIM = "FW gap >= f - f*; min gap <= 27/4 L D^2/(K+2) (Jaggi 2013, Thm 2)"
@@ -51,13 +50,12 @@ def instances(quick: bool = False):
 
 
 def run(broken: str | None = None, quick: bool = False, iters: int = 120):
-    if broken not in (None,) + BROKEN:
-        raise ValueError(f"unknown broken variant {broken!r}; choose from {BROKEN}")
+    check_broken(broken, BROKEN)
     tr = Tracker(NAME, CLAIM, broken=broken)
     for pb in instances(quick):
         lower, upper = fstar_bounds(pb)
         L, D = pb.objective.smoothness, nuclear_diameter(pb.tau)
-        ball = FlippedBall(pb.tau) if broken == "wrong_sign" else NuclearBall(pb.tau)
+        ball = ball_for(pb.tau, broken)
         search = ExactLineSearch() if pb.objective.quadratic else Backtracking()
         variants = [("open", dict(step_size=OpenLoop()), True)]
         if broken is None:

@@ -26,11 +26,10 @@ import math
 from cola_opt import problems
 from cola_opt.bounds import nonconvex_min_gap_bound, nuclear_diameter
 from cola_opt.refine import FactorRefinement
-from cola_opt.sets import NuclearBall
 from cola_opt.solve import minimize
 from cola_opt.step_sizes import Constant, ExactLineSearch, ShortStep
 
-from .common import FlippedBall, Tracker
+from .common import Tracker, ball_for, check_broken
 
 NAME = "C3"
 CLAIM = "nonconvex min FW gap <= max(2h0, L D^2)/sqrt(T+1) (Lacoste-Julien 2016, Thm 1)"
@@ -46,14 +45,13 @@ def instances(quick: bool = False):
 
 
 def run(broken: str | None = None, quick: bool = False, iters: int = 200):
-    if broken not in (None,) + BROKEN:
-        raise ValueError(f"unknown broken variant {broken!r}; choose from {BROKEN}")
+    check_broken(broken, BROKEN)
     tr = Tracker(NAME, CLAIM, broken=broken)
     for pb in instances(quick):
         obj = pb.objective
         L, D = obj.smoothness, nuclear_diameter(pb.tau)
         h0 = obj.value(pb.W0) - obj.lower_bound(pb.tau, pb.W0)
-        ball = FlippedBall(pb.tau) if broken == "wrong_sign" else NuclearBall(pb.tau)
+        ball = ball_for(pb.tau, broken)
         variants = [("short", dict(step_size=Constant(1.0) if broken == "wrong_step" else ShortStep()))]
         if broken is None:
             variants.append(("short+refine", dict(step_size=ShortStep(), refine=FactorRefinement(10))))

@@ -37,7 +37,7 @@ from cola_opt.sets import NuclearBall
 from cola_opt.solve import minimize
 from cola_opt.step_sizes import Constant
 
-from .common import Tracker
+from .common import Tracker, check_broken
 
 NAME = "C4"
 CLAIM = "COLA Thm 4.1: mean FW gap <= 2 sqrt(M beta) D/sqrt(T) + eps (inexact oracle)"
@@ -56,8 +56,7 @@ def instances(quick: bool = False):
 
 
 def run(broken: str | None = None, quick: bool = False, T: int = 60):
-    if broken not in (None,) + BROKEN:
-        raise ValueError(f"unknown broken variant {broken!r}; choose from {BROKEN}")
+    check_broken(broken, BROKEN)
     tr = Tracker(NAME, CLAIM, broken=broken)
     for pb, rank, K in instances(quick):
         obj = pb.objective

@@ -21,7 +21,7 @@ from cola_opt.sets import NuclearBall, Unconstrained
 from cola_opt.solve import minimize
 from cola_opt.step_sizes import Constant, ExactLineSearch, OpenLoop
 
-from .common import DoubleAtomBall, Tracker
+from .common import DoubleAtomBall, Tracker, check_broken
 
 NAME = "C5"
 CLAIM = "rank(X_k) <= k r after k links of rank r"
@@ -29,8 +29,7 @@ BROKEN = ("wrong_lmo",)
 
 
 def run(broken: str | None = None, quick: bool = False, links: int = 12):
-    if broken not in (None,) + BROKEN:
-        raise ValueError(f"unknown broken variant {broken!r}; choose from {BROKEN}")
+    check_broken(broken, BROKEN)
     tr = Tracker(NAME, CLAIM, slack=0.0, broken=broken)
     shapes = [(14, 11), (20, 20), (8, 30), (25, 9)] if not quick else [(14, 11)]
     for seed, (m, n) in enumerate(shapes):

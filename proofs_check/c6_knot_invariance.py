@@ -31,7 +31,7 @@ import torch
 from cola_opt.core import ResidualLowRankOptimizer
 from cola_opt.sites import TensorSite
 
-from .common import Tracker
+from .common import Tracker, check_broken
 
 NAME = "C6"
 CLAIM = "knot: W' = W + gamma(Delta - rho X); function kept; fresh link and optimizer"
@@ -57,8 +57,7 @@ def _net(W: torch.Tensor, V: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def run(broken: str | None = None, quick: bool = False, instances: int = 200):
-    if broken not in (None,) + BROKEN:
-        raise ValueError(f"unknown broken variant {broken!r}; choose from {BROKEN}")
+    check_broken(broken, BROKEN)
     tr = Tracker(NAME, CLAIM, slack=0.0, broken=broken)
     rng = np.random.default_rng(0)
     site_cls = {"no_reinit": _NoReinitSite, "wrong_sign": _WrongSignSite}.get(broken, TensorSite)

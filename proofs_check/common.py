@@ -46,6 +46,21 @@ class ClaimResult:
         return "PASS" if self.passed else "FAIL"
 
 
+def check_broken(broken: str | None, allowed: tuple[str, ...]) -> None:
+    """Refuse an unknown broken-variant name before any instance runs.
+
+    Raises:
+        ValueError: naming ``broken`` and the variants this claim knows.
+    """
+    if broken not in (None,) + tuple(allowed):
+        raise ValueError(f"unknown broken variant {broken!r}; choose from {allowed}")
+
+
+def ball_for(tau: float, broken: str | None) -> NuclearBall:
+    """The nuclear ball of radius ``tau``, or its LMO-sign-flipped twin for the ``wrong_sign`` variant."""
+    return FlippedBall(tau) if broken == "wrong_sign" else NuclearBall(tau)
+
+
 class Tracker:
     """Accumulates ``observed / bound`` ratios; counts those above ``1 + slack``."""
 

@@ -1,6 +1,5 @@
 """The grid runner: plan, LR choice on dev, resume after a kill, and its report."""
 
-import json
 import os
 import subprocess
 import sys

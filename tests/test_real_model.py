@@ -24,7 +24,7 @@ def test_cola_steps_across_a_knot_on_smollm2_wsc(super_glue_dir):
     sites = lora_sites(model)
     assert len(sites) == 60  # q_proj and v_proj in 30 layers
     chain = ResidualLowRankOptimizer(sites, lr=1e-3, knot_steps=[3])
-    losses, logits_at_knot = [], None
+    losses = []
     for step in range(4):
         batch = train[4 * step : 4 * step + 4]
         model.train()
