@@ -21,6 +21,8 @@ __all__ = ["build_parser", "config_from_args", "main"]
 def _csv(kind):
     def parse(text: str):
         items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{text!r} is an empty list")
         try:
             return tuple(kind(t) for t in items)
         except ValueError:
@@ -152,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ModelLoadError, RuntimeError) as e:
         print(f"cola-opt: error: {e}", file=sys.stderr)
         return 2
+    except (FloatingPointError, OSError) as e:  # a non-finite stop, or a disk that failed mid-run
+        print(f"cola-opt: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:
         print(f"cola-opt: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130

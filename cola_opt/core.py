@@ -22,6 +22,7 @@ object drives an LLM fine-tuning loop (sites over PEFT layers) and the toy probl
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,19 @@ __all__ = [
     "KnotRecord",
     "ResidualLowRankOptimizer",
 ]
+
+
+def _storage_key(w: torch.Tensor) -> int:
+    """What identifies ``w``'s memory: its storage address (views of one tensor share it)."""
+    try:
+        return id(w) if w.is_meta else w.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError, AttributeError):  # sharded or wrapper tensors
+        return id(w)
+
+
+def _finite(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 class NonFiniteUpdateError(FloatingPointError):
@@ -125,8 +139,16 @@ class ResidualLowRankOptimizer:
         self.sites: list[Site] = list(sites)
         if not self.sites:
             raise ValueError("a chain needs at least one site")
+        owners: dict[int, str] = {}
+        for s in self.sites:  # a weight merged through two sites would take every update twice
+            key = _storage_key(s.weight)
+            if key in owners:
+                raise ValueError(f"sites {owners[key]!r} and {s.name!r} share one weight; give each weight one site")
+            owners[key] = s.name
         self.knot_steps = validate_knots(knot_steps)
         if ranks is not None:
+            if any(isinstance(r, bool) or not isinstance(r, numbers.Integral) for r in ranks):
+                raise ValueError(f"ranks {list(ranks)} must be integers")
             ranks = tuple(int(r) for r in ranks)
             if len(ranks) != len(self.knot_steps) + 1:
                 raise ValueError(f"ranks {list(ranks)} must have one entry per link: {len(self.knot_steps) + 1}")
@@ -143,6 +165,11 @@ class ResidualLowRankOptimizer:
             missing = [s.name for s in self.sites if s._initial is None]
             if missing:
                 raise ValueError(f"shrink={shrink} needs W0, but sites {missing[:3]} were built without keep_initial")
+        if not callable(step_size):
+            _finite("step_size", step_size)
+        _finite("shrink", shrink)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
         self.step_size = step_size
         self.shrink = float(shrink)
         self.reset_policy = make_reset_policy(reset)
@@ -266,10 +293,14 @@ class ResidualLowRankOptimizer:
             the :class:`KnotRecord` (also appended to :attr:`knots`).
 
         Raises:
+            ValueError: if ``next_rank`` is not an integer in ``[1, min(m, n)]`` of every
+                site; checked before anything changes.
             NonFiniteUpdateError: if any site's update, or its merged weight after the
                 cast, holds a NaN or inf. Nothing is merged, reset or counted then.
         """
         t0 = time.perf_counter()
+        if next_rank is not None:
+            self._check_rank("next_rank", next_rank)
         gamma = self.current_step_size() if step_size is None else float(step_size)
         rho = self.shrink if shrink is None else float(shrink)
         if not math.isfinite(gamma) or not math.isfinite(rho):
@@ -347,8 +378,10 @@ class ResidualLowRankOptimizer:
             step_size, shrink, next_rank: as in :meth:`tie_knot`.
 
         Raises:
-            ValueError: on a wrong number of pairs or factor shapes that do not fit a site.
-            NonFiniteUpdateError: as in :meth:`tie_knot`.
+            ValueError: on a wrong number of pairs, factor shapes that do not fit a site,
+                or a bad ``next_rank``.
+            NonFiniteUpdateError: if a given factor holds a NaN or inf (the link is then
+                left as it was), or as in :meth:`tie_knot`.
         """
         factors = list(factors)
         if len(factors) != len(self.sites):
@@ -361,8 +394,23 @@ class ResidualLowRankOptimizer:
                     f"update of site {site.name!r}"
                 )
         for site, (B, A) in zip(self.sites, factors):
+            if not (bool(torch.isfinite(B).all()) and bool(torch.isfinite(A).all())):
+                raise NonFiniteUpdateError(
+                    f"refusing to merge link {self.link}: the factors given for site {site.name!r} are not finite; "
+                    "the weights and the link are unchanged"
+                )
+        if next_rank is not None:
+            self._check_rank("next_rank", next_rank)
+        for site, (B, A) in zip(self.sites, factors):
             site.set_factors(B, A)
         return self.tie_knot(step_size=step_size, shrink=shrink, next_rank=next_rank)
+
+    def _check_rank(self, name: str, rank) -> None:
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
+            raise ValueError(f"{name} must be an integer, got {rank!r}")
+        for s in self.sites:
+            if not 1 <= rank <= min(s.shape):
+                raise ValueError(f"{name}={rank} must be in [1, {min(s.shape)}] for site {s.name!r} of shape {s.shape}")
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

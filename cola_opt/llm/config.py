@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,17 +107,26 @@ class FinetuneConfig:
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} must be one of {METHODS}")
         for name in ("n_train", "n_test", "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length"):
+            _integer(name, getattr(self, name), 1)
+        _integer("n_dev", self.n_dev, 0)
+        _integer("warmup_steps", self.warmup_steps, 0)
+        _integer("seed", self.seed, 0, 2**32 - 1)
+        if self.max_steps is not None:
+            _integer("max_steps", self.max_steps, 1)
+        _number("lr", self.lr, low=0.0, open_low=True)
+        _number("weight_decay", self.weight_decay, low=0.0)
+        _number("max_grad_norm", self.max_grad_norm, low=0.0)
+        for name in ("data_dir", "output_dir", "export_dir", "export_links"):  # Path objects become strings
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.n_dev, int) or self.n_dev < 0:
-            raise ValueError(f"n_dev must be an integer >= 0, got {self.n_dev!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ValueError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if self.weight_decay < 0 or self.warmup_steps < 0 or self.max_grad_norm < 0:
-            raise ValueError("weight_decay, warmup_steps and max_grad_norm must be >= 0")
+            if v is not None and not isinstance(v, str):
+                if not isinstance(v, os.PathLike):
+                    raise ValueError(f"{name} must be a path, got {v!r}")
+                setattr(self, name, os.fspath(v))
+        if not self.output_dir:
+            raise ValueError("output_dir is empty")
+        _check_output_dir(self.output_dir)
+        if self.method != "cola" and self.knot_steps is not None:
+            raise ValueError(f"knot_steps {list(self.knot_steps)} needs method cola, not {self.method!r}")
         if isinstance(self.chain_length, bool) or not isinstance(self.chain_length, int) or self.chain_length < 1:
             raise ValueError(f"chain_length must be an integer >= 1, got {self.chain_length!r}")
         if self.knot_steps is not None:
@@ -133,7 +145,7 @@ class FinetuneConfig:
             raise ValueError(f"dtype {self.dtype!r} must be fp32, bf16 or fp16")
         if self.autocast not in ("none", "bf16", "fp16"):
             raise ValueError(f"autocast {self.autocast!r} must be none, bf16 or fp16")
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
         self._validate_robustness()
 
@@ -175,6 +187,35 @@ class FinetuneConfig:
     def to_dict(self) -> dict:
         """Plain JSON-ready dict of all fields."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _integer(name: str, value, low: int, high: int | None = None) -> None:
+    """Refuse anything but an int (not bool) in ``[low, high]``, naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (high and value > high):
+        span = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {span}, got {value!r}")
+
+
+def _number(name: str, value, low: float, open_low: bool = False) -> None:
+    """Refuse a non-number, NaN, inf, or a value below ``low`` (or at it, if ``open_low``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < low or (open_low and value == low):
+        raise ValueError(f"{name} must be {'>' if open_low else '>='} {low}, got {value!r}")
+
+
+def _check_output_dir(path: str) -> None:
+    """Refuse an output folder that is a file or cannot be created; creates nothing."""
+    p = Path(path).expanduser().absolute()
+    if p.exists():
+        if not p.is_dir():
+            raise ValueError(f"output_dir {path!r} is a file, not a folder")
+        if not os.access(p, os.W_OK):
+            raise ValueError(f"output_dir {path!r} is not writable")
+        return
+    parent = next(q for q in p.parents if q.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"output_dir {path!r} cannot be created: {str(parent)!r} is not a writable folder")
 
 
 def plan_steps(cfg: FinetuneConfig, n_train: int) -> tuple[int, int, tuple[int, ...]]:

@@ -39,7 +39,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import atomic_save_json, atomic_write
 from .config import FinetuneConfig, plan_steps
+from .lora import check_targets
 from .tasks import Splits, get_task, sample_splits
 
 __all__ = ["GridConfig", "Run", "method_changes", "choose_lrs", "read_records", "run_grid", "PAPER_LRS", "ALL_TASKS"]
@@ -191,9 +193,7 @@ def _repair_tail(path: Path) -> None:
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         keep = data[: data.rfind(b"\n") + 1]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(keep)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(keep))
         print(f"[grid] dropped a partial last line of {path} ({len(data) - len(keep)} bytes)", file=sys.stderr)
 
 
@@ -313,6 +313,23 @@ def run_grid(grid: GridConfig) -> list[dict]:
     from .trainer import finetune
 
     grid.validate()
+    splits: dict[tuple[str, int], Splits] = {}
+
+    def data(task: str, seed: int) -> Splits:
+        if (task, seed) not in splits:
+            b = grid.base
+            n_dev = min(b.n_dev, get_task(task).max_dev)
+            splits[(task, seed)] = sample_splits(get_task(task), seed=seed, n_train=b.n_train, n_dev=n_dev,
+                                                 n_test=b.n_test, data_dir=b.data_dir)
+        return splits[(task, seed)]
+
+    for t in grid.tasks:  # check every cell's data, plan and LoRA targets; train none, write nothing
+        for m in grid.methods:
+            cfg = _run_config(grid, Run(t, m, 0, grid.lrs[0]), data(t, 0))
+            cfg.validate()
+            plan_steps(cfg, len(data(t, 0).train))
+            if cfg.method in ("lora", "cola"):
+                check_targets(cfg.model, cfg.lora_settings(), cfg.link_ranks or ())
     out = Path(grid.out)
     out.mkdir(parents=True, exist_ok=True)
     lock = open(out / "grid.lock", "w")
@@ -323,22 +340,7 @@ def run_grid(grid: GridConfig) -> list[dict]:
     try:
         path = out / "runs.jsonl"
         _repair_tail(path)
-        splits: dict[tuple[str, int], Splits] = {}
-
-        def data(task: str, seed: int) -> Splits:
-            if (task, seed) not in splits:
-                b = grid.base
-                n_dev = min(b.n_dev, get_task(task).max_dev)
-                splits[(task, seed)] = sample_splits(get_task(task), seed=seed, n_train=b.n_train, n_dev=n_dev,
-                                                     n_test=b.n_test, data_dir=b.data_dir)
-            return splits[(task, seed)]
-
-        for t in grid.tasks:  # check every cell's data and plan; train none
-            for m in grid.methods:
-                cfg = _run_config(grid, Run(t, m, 0, grid.lrs[0]), data(t, 0))
-                cfg.validate()
-                plan_steps(cfg, len(data(t, 0).train))
-        (out / "grid.json").write_text(json.dumps({"fingerprint": grid.fingerprint(), **_grid_dict(grid)}, indent=2))
+        atomic_save_json({"fingerprint": grid.fingerprint(), **_grid_dict(grid)}, out / "grid.json")
 
         done = {r["run_id"]: r for r in read_records(path, grid.fingerprint())}
         search = _search_runs(grid)

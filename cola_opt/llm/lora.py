@@ -6,6 +6,8 @@ is ours and acts through :class:`LoraSite`.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +15,7 @@ from torch import nn
 
 from ..sites import Site
 
-__all__ = ["LoraSettings", "LoraSite", "inject_lora", "lora_sites", "matching_modules"]
+__all__ = ["LoraSettings", "LoraSite", "check_targets", "inject_lora", "lora_sites", "matching_modules"]
 
 _BIAS_CHOICES = ("none", "all", "lora_only")
 
@@ -44,13 +46,19 @@ class LoraSettings:
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"LoRA rank r must be an integer >= 1, got {self.r!r}")
-        if not self.lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, numbers.Real) or not (
+            math.isfinite(self.lora_alpha) and self.lora_alpha > 0
+        ):
+            raise ValueError(f"lora_alpha must be a finite number > 0, got {self.lora_alpha!r}")
+        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, numbers.Real) or not (
+            0.0 <= self.lora_dropout < 1.0
+        ):
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if isinstance(self.target_modules, str):
             self.target_modules = tuple(t.strip() for t in self.target_modules.split(",") if t.strip())
         self.target_modules = tuple(self.target_modules)
+        if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+            raise ValueError(f"target_modules {list(self.target_modules)} must be non-empty module names")
         if not self.target_modules:
             raise ValueError("target_modules is empty")
         if self.bias not in _BIAS_CHOICES:
@@ -75,29 +83,80 @@ def matching_modules(model: nn.Module, target_modules: tuple[str, ...]) -> dict[
     return out
 
 
+def _storage_key(p: torch.Tensor) -> object:
+    """Equal for two parameters that share memory (tied weights are one Parameter under
+    two names). Meta tensors (a model built without weights) all have address 0 and
+    sharded DTensors have no single address, so those are keyed by identity."""
+    from ..sites import is_sharded
+
+    return id(p) if p.is_meta or is_sharded(p) else (p.device, p.data_ptr())
+
+
+def _tied_names(model: nn.Module) -> dict[object, list[str]]:
+    """Storage key -> every parameter name that uses it."""
+    names: dict[object, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(_storage_key(p), []).append(name)
+    return names
+
+
 def _validate_targets(model: nn.Module, settings: LoraSettings) -> None:
     found = matching_modules(model, settings.target_modules)
-    if not found:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _linear_shape(m)})
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _linear_shape(m)})
+    unmatched = [t for t in settings.target_modules if not matching_modules(model, (t,))]
+    if unmatched:
+        what = "match no module" if not found else f"include {unmatched}, which match no module"
         raise ValueError(
-            f"target_modules {list(settings.target_modules)} match no module of {type(model).__name__}; "
+            f"target_modules {list(settings.target_modules)} {what} of {type(model).__name__}; "
             f"its linear layers are named {linear}"
         )
-    tied = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        tied.setdefault(p.data_ptr(), []).append(name)
+    tied = _tied_names(model)
     for name, module in found.items():
         shape = _linear_shape(module)
         if shape is None:
             raise ValueError(f"target module {name!r} is a {type(module).__name__}, not a linear layer")
         if settings.r > min(shape):
             raise ValueError(f"LoRA rank r={settings.r} is larger than layer {name!r} allows ({shape[0]}x{shape[1]})")
-        names = tied.get(module.weight.data_ptr(), [])
+        names = tied.get(_storage_key(module.weight), [])
         if len(names) > 1:
             raise ValueError(
                 f"target module {name!r} shares its weight with {names}; merging a knot would change both "
                 "(tied weights, peft #2018)"
             )
+
+
+def check_targets(model: str, settings: LoraSettings, ranks=()) -> None:
+    """Check ``target_modules`` and every rank against a model's architecture, without its weights.
+
+    The model is built on the meta device from its config alone, so this costs well under
+    a second even for 7B models; :func:`inject_lora` repeats the same checks on the real model.
+
+    Args:
+        model: built-in name, local directory or hub id (see :mod:`cola_opt.llm.models`).
+        settings: the LoRA settings; ``settings.r`` is checked.
+        ranks: further ranks to check (the links of a rank step-down, say).
+
+    Raises:
+        ValueError: as :func:`inject_lora`.
+        cola_opt.llm.models.ModelLoadError: if the model's config cannot be read.
+    """
+    import dataclasses
+
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .models import ModelLoadError, resolve_model_dir
+
+    path = resolve_model_dir(model)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read the config of model {model!r}: {e}") from e
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config)
+
+    for r in sorted({settings.r, *ranks}):
+        _validate_targets(skeleton, dataclasses.replace(settings, r=r))
 
 
 def inject_lora(model: nn.Module, settings: LoraSettings):
@@ -196,13 +255,6 @@ class LoraSite(Site):
         self.layer.scaling[self.adapter] = alpha / (rank**0.5 if rslora else rank)
 
 
-def _storage_key(p: torch.Tensor) -> object:
-    """Equal for two parameters that share memory (tied); a sharded DTensor by identity."""
-    from ..sites import is_sharded
-
-    return id(p) if is_sharded(p) else (p.device, p.data_ptr())
-
-
 def lora_sites(peft_model: nn.Module, adapter: str = "default", **site_kwargs) -> list[LoraSite]:
     """One :class:`LoraSite` per PEFT LoRA layer of ``peft_model``, in module order.
 
@@ -228,9 +280,7 @@ def lora_sites(peft_model: nn.Module, adapter: str = "default", **site_kwargs) -
     ]
     if not sites:
         raise ValueError("the model holds no PEFT LoRA layer; call inject_lora first")
-    names: dict[object, list[str]] = {}
-    for name, p in peft_model.named_parameters(remove_duplicate=False):
-        names.setdefault(_storage_key(p), []).append(name)
+    names = _tied_names(peft_model)
     for s in sites:
         w = s.layer.get_base_layer().weight
         tied = names.get(_storage_key(w), [])

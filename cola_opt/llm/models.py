@@ -212,15 +212,19 @@ def load_model(model: str, *, dtype: str = "fp32", device: str = "cpu"):
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if dtype not in dtypes:
         raise ValueError(f"dtype {dtype!r} must be one of {sorted(dtypes)}")
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N)") from None
     path = resolve_model_dir(model)
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise ModelLoadError(f"cannot load local directory {path!r}: it has no config.json (not a model folder)")
     try:
         tok = AutoTokenizer.from_pretrained(path)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtypes[dtype])
-    except (OSError, ValueError) as e:
+    except Exception as e:  # OSError, ValueError, safetensors' errors on a truncated file, ...
         where = "local directory" if os.path.isdir(path) else "model (not a local directory; tried the hub)"
-        raise ModelLoadError(f"cannot load {where} {path!r}: {e}") from e
+        raise ModelLoadError(f"cannot load {where} {path!r}: {type(e).__name__}: {e}") from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return lm.to(device), tok

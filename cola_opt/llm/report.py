@@ -19,11 +19,12 @@ Paired comparison of a COLA method against LoRA (the paper reports neither test)
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_save_json, atomic_write
 
 __all__ = ["TASK_NAMES", "method_label", "cell_values", "results_table", "paired_tests", "plot_bars", "write_report"]
 
@@ -199,7 +200,7 @@ def plot_bars(grid, records: list[dict], chosen: dict, path: str | Path) -> None
     ax.set_title(f"{grid.base.model}: mean ± std over {grid.seeds} seeds (dashed: majority class)")
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -229,12 +230,12 @@ def write_report(grid, records: list[dict], chosen: dict, seconds: float | None 
         "Learning rate per task and method" + (" (chosen on dev at seed 0):" if len(grid.lrs) > 1 else ":"),
         lr_table(grid, chosen),
     ]) + "\n"
-    (out / "table.md").write_text(text, encoding="utf-8")
+    atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     plot_bars(grid, records, chosen, out / "plot.png")
     train_s = sum(r.get("train_seconds") or 0 for r in records)
     wall_s = sum(r.get("wall_seconds") or 0 for r in records)
     summary = {"table": text, "tests": tests, "lrs": {f"{t}/{m}": lr for (t, m), lr in chosen.items()},
                "runs": len(records), "sum_train_seconds": train_s, "sum_run_wall_seconds": wall_s,
                "this_session_seconds": seconds}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    atomic_save_json(summary, out / "summary.json")
     return text

@@ -84,13 +84,37 @@ class Task:
     max_dev: int = 500
 
     def example(self, record: dict) -> Example:
-        """The :class:`Example` of one record."""
-        return Example(self.template(record), self.candidates, self.label(record))
+        """The :class:`Example` of one record.
+
+        Raises:
+            ValueError: if the record lacks a field the template needs, or its label is
+                not one this task knows; the message names the task and the record's idx.
+        """
+        try:
+            return Example(self.template(record), self.candidates, self.label(record))
+        except (KeyError, TypeError) as e:
+            where = record.get("idx", "?") if isinstance(record, dict) else "?"
+            raise ValueError(f"{self.name} record idx={where} is malformed: missing or bad field {e}") from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Records of a jsonl file; a ValueError naming the file and line on a bad line."""
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({e.msg}, column {e.colno})") from None
+                if not isinstance(rec, dict):
+                    raise ValueError(f"{path}:{number}: expected a JSON object, got {type(rec).__name__}")
+                records.append(rec)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return records
 
 
 # ----------------------------------------------------------------------------- WSC
@@ -232,7 +256,7 @@ TASKS: dict[str, Task] = {
         benchmark="super_glue",
         candidates=(" No", " Yes"),
         template=_wsc_prompt,
-        label=lambda r: int(bool(r["label"])),
+        label=_bool_label("WSC"),
         hf_name=("aps/super_glue", "wsc.fixed"),
         from_hf=_wsc_from_hf,
     ),
@@ -329,9 +353,13 @@ def resolve_data_dir(task: Task, data_dir: str | os.PathLike | None = None) -> P
         FileNotFoundError: if ``data_dir`` (or ``COLA_DATA_DIR``) is given but does not
             exist, or lacks the task's folder.
     """
+    if data_dir is not None and str(data_dir) == "":
+        raise FileNotFoundError("data directory '' (from --data-dir) is empty; leave it out to use the defaults")
     given, origin = (data_dir, "--data-dir") if data_dir else (os.environ.get("COLA_DATA_DIR"), "COLA_DATA_DIR")
     if given:
         root = Path(given).expanduser()
+        if root.exists() and not root.is_dir():
+            raise FileNotFoundError(f"data directory {str(root)!r} (from {origin}) is a file, not a folder")
         if not root.is_dir():
             raise FileNotFoundError(f"data directory {str(root)!r} (from {origin}) does not exist")
         for cand in (root, root / task.benchmark):
@@ -412,8 +440,8 @@ def sample_splits(
     the train split is too small, ``n_train`` is capped to what remains after dev.
 
     Raises:
-        ValueError: on a negative count, ``n_train < 1``, or ``n_dev`` that leaves no
-            training example.
+        ValueError: on a negative count, ``n_train < 1``, a seed outside ``[0, 2**32)``,
+            an empty validation split, or ``n_dev`` that leaves no training example.
         FileNotFoundError, RuntimeError: as :func:`resolve_data_dir` and :func:`read_split`.
     """
     for name, v in (("n_train", n_train), ("n_dev", n_dev), ("n_test", n_test)):
@@ -421,9 +449,15 @@ def sample_splits(
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
     if n_train < 1 or n_test < 1:
         raise ValueError(f"n_train and n_test must be >= 1, got n_train={n_train}, n_test={n_test}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    if not isinstance(task, Task):
+        raise ValueError(f"task must be a Task (see get_task), got {task!r}")
     root = resolve_data_dir(task, data_dir)
     train_pool = read_split(task, "train", root)
     val_pool = read_split(task, "val", root)
+    if not val_pool:
+        raise ValueError(f"the validation split of {task.name} is empty: nothing to test on ({root or 'HF'})")
     if n_dev >= len(train_pool):
         raise ValueError(f"n_dev={n_dev} leaves no training example: {task.name} has {len(train_pool)} train records")
     rng = np.random.RandomState(seed)

@@ -27,7 +27,7 @@ from ..guard import NonFiniteError, NonFiniteGuard
 from .checkpoint import CHECKPOINT_DIR, DeferredInterrupt, capture_rng, remove_checkpoints, run_lock
 from .config import FinetuneConfig, plan_steps
 from .export import LinkAdapterWriter, export_merged
-from .lora import inject_lora, lora_sites
+from .lora import check_targets, inject_lora, lora_sites
 from .models import load_model
 from .resume import RunCheckpoints, resume_point, run_fingerprint, stopped_error
 from .scoring import autocast_context, candidate_scores, classification_loss, encode_examples, evaluate
@@ -70,6 +70,8 @@ def _prepare(cfg: FinetuneConfig, splits: Splits | None):
             task, seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test, data_dir=cfg.data_dir
         )
     per_epoch, total, knots = plan_steps(cfg, len(splits.train))
+    if cfg.method in ("lora", "cola"):
+        check_targets(cfg.model, cfg.lora_settings(), cfg.link_ranks or ())
     return splits, per_epoch, total, knots
 
 
@@ -149,7 +151,7 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
 
         def run_eval(name: str, model) -> dict:
             if not enc[name]:
-                return {"accuracy": float("nan"), "loss": float("nan"), "n": 0}
+                return {"accuracy": None, "loss": None, "n": 0}  # JSON null, not NaN
             r = evaluate(model, enc[name], pad_id=pad, batch_size=cfg.eval_batch_size, autocast=cfg.autocast)
             if name != "test":  # test predictions stay, for paired tests across methods
                 r.pop("predictions")
@@ -340,8 +342,11 @@ def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
     cfg.validate()
     splits, *_ = _prepare(cfg, None)
     cfgs = {m: _method_config(cfg, m) for m in methods}
-    for c in cfgs.values():  # every method's plan is checked before any training starts
+    for c in cfgs.values():  # every method's plan and LoRA targets are checked before any run
+        c.validate()
         plan_steps(c, len(splits.train))
+        if c.method in ("lora", "cola"):
+            check_targets(c.model, c.lora_settings(), c.link_ranks or ())
     results = {m: finetune(c, splits) for m, c in cfgs.items()}
     majority = majority_accuracy(splits)
     table = format_table(cfg, results, majority)
@@ -355,8 +360,9 @@ def _method_config(cfg: FinetuneConfig, method: str) -> FinetuneConfig:
     """``cfg`` for one method of :func:`compare`: link ranks for COLA only, exports in a folder per method."""
     export_dir = str(Path(cfg.export_dir) / method) if cfg.export_dir and method != "zero-shot" else None
     export_links = str(Path(cfg.export_links) / method) if cfg.export_links and method in ("lora", "cola") else None
-    return cfg.replace(method=method, link_ranks=cfg.link_ranks if method == "cola" else None,
-                       export_dir=export_dir, export_links=export_links)
+    cola = method == "cola"
+    return cfg.replace(method=method, link_ranks=cfg.link_ranks if cola else None,
+                       knot_steps=cfg.knot_steps if cola else None, export_dir=export_dir, export_links=export_links)
 
 
 def format_table(cfg: FinetuneConfig, results: dict, majority: float) -> str:
@@ -369,11 +375,11 @@ def format_table(cfg: FinetuneConfig, results: dict, majority: float) -> str:
     ]
     for m, r in results.items():
         links = "-" if m == "zero-shot" else str(len(r["knot_steps"]) + 1)
-        dev = r["dev"]["accuracy"] * 100 if r["dev"] else float("nan")
-        knot_ms = np.mean([k["seconds"] for k in r["knots"]]) * 1e3 if r["knots"] else float("nan")
-        knot = "-" if math.isnan(knot_ms) else f"{knot_ms:.1f}"
+        dev_acc = r["dev"]["accuracy"] if r["dev"] else None
+        dev = "-" if dev_acc is None else f"{dev_acc * 100:.1f}"
+        knot = f"{np.mean([k['seconds'] for k in r['knots']]) * 1e3:.1f}" if r["knots"] else "-"
         rows.append(
-            f"| {m} | {links} | {dev:.1f} | {r['test']['accuracy'] * 100:.1f} | {r['train_seconds']:.0f} | {knot} |"
+            f"| {m} | {links} | {dev} | {r['test']['accuracy'] * 100:.1f} | {r['train_seconds']:.0f} | {knot} |"
         )
     rows.append(f"| majority class | - | - | {majority * 100:.1f} | - | - |")
     return "\n".join(rows)
