@@ -12,7 +12,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .objectives import GradientOperator, LowRankModel, Objective, _check_shape
+from ._checks import real
+from .objectives import GradientOperator, LowRankModel, Objective, _check_shape, _data, _shape_arg
 
 __all__ = ["MatrixCompletion", "CauchyCompletion"]
 
@@ -21,16 +22,17 @@ class _Observed(Objective):
     """Shared storage for losses over observed entries ``(rows[i], cols[i]) -> values[i]``."""
 
     def __init__(self, rows, cols, values, shape) -> None:
-        self.shape = (int(shape[0]), int(shape[1]))
+        who = type(self).__name__
+        self.shape = _shape_arg(shape, who)
         itype = np.int32 if self.shape[0] * self.shape[1] < 2**31 else np.int64  # halves index memory
-        self.rows = np.asarray(rows).astype(itype, copy=False)
-        self.cols = np.asarray(cols).astype(itype, copy=False)
-        self.values = np.asarray(values, dtype=np.float64)
-        if not (self.rows.shape == self.cols.shape == self.values.shape) or self.rows.ndim != 1:
+        rows, cols = self._index_array(rows, "rows", who), self._index_array(cols, "cols", who)
+        values = _data(values, "values", who)
+        if not (rows.shape == cols.shape == values.shape) or rows.ndim != 1:
             raise ValueError("rows, cols and values must be 1-D arrays of one length")
-        if self.rows.size and (self.rows.min() < 0 or self.rows.max() >= self.shape[0]
-                               or self.cols.min() < 0 or self.cols.max() >= self.shape[1]):
-            raise ValueError(f"observed indices fall outside the shape {self.shape}")
+        m, n = self.shape
+        if rows.size and (rows.min() < 0 or rows.max() >= m or cols.min() < 0 or cols.max() >= n):
+            raise ValueError(f"observed indices fall outside the shape {self.shape}")  # checked before the cast
+        self.rows, self.cols, self.values = rows.astype(itype, copy=False), cols.astype(itype, copy=False), values
         self._flat = self.rows.astype(itype) * itype(self.shape[1]) + self.cols
         self._vt = torch.from_numpy(self.values)
         self._torch_index = None
@@ -43,6 +45,13 @@ class _Observed(Objective):
         c = self.cols if self._order is None else self.cols[self._order]
         self._indptr = np.searchsorted(r, np.arange(self.shape[0] + 1)).astype(itype)
         self._indices = np.ascontiguousarray(c, dtype=itype)
+
+    @staticmethod
+    def _index_array(x, name: str, who: str) -> np.ndarray:
+        a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        if a.size and a.dtype.kind not in "iu":  # floats would be truncated (0.7 -> 0), bools read as 0/1
+            raise ValueError(f"{who}: {name} must be integer indices, got dtype {a.dtype}")
+        return a if a.size else a.astype(np.int64)
 
     @property
     def _rt(self) -> torch.Tensor:
@@ -115,7 +124,9 @@ class MatrixCompletion(_Observed):
         shape: ``(m, n)``.
 
     Raises:
-        ValueError: on mismatched lengths or indices outside ``shape``.
+        ValueError: if ``shape`` is not two integers ``>= 1``, ``rows``/``cols`` are not of
+            an integer dtype, on mismatched lengths, indices outside ``shape``, or values
+            that are not finite.
     """
 
     quadratic = True
@@ -137,10 +148,12 @@ class MatrixCompletion(_Observed):
         return self._sparse(self.residual(W))
 
     def loss(self, W):
+        _check_shape(W, self.shape, "MatrixCompletion")
         r = W[self._rt, self._ct] - self._vt.to(W.dtype)
         return 0.5 * (r * r).sum()
 
     def curvature(self, D) -> float:
+        _check_shape(D, self.shape, "MatrixCompletion", "D")
         d = self.gather(D)
         return float(np.dot(d, d))
 
@@ -161,17 +174,16 @@ class CauchyCompletion(_Observed):
     wherever a residual exceeds ``c``.
 
     Raises:
-        ValueError: if ``c <= 0``, or as :class:`MatrixCompletion`.
+        ValueError: if ``c`` is not a finite number ``> 0``, or as :class:`MatrixCompletion`.
     """
 
     convex = False
     smoothness = 1.0
 
     def __init__(self, rows, cols, values, shape, c: float = 1.0) -> None:
-        if not c > 0:
-            raise ValueError(f"Cauchy scale c = {c} must be > 0")
+        c = real(c, "Cauchy scale c", above=0)
         super().__init__(rows, cols, values, shape)
-        self.c = float(c)
+        self.c = c
 
     def value(self, W) -> float:
         _check_shape(W, self.shape, "CauchyCompletion")
@@ -191,6 +203,7 @@ class CauchyCompletion(_Observed):
         return self._sparse(r / (1.0 + (r / self.c) ** 2))
 
     def loss(self, W):
+        _check_shape(W, self.shape, "CauchyCompletion")
         z = (W[self._rt, self._ct] - self._vt.to(W.dtype)) / self.c
         return 0.5 * self.c**2 * torch.log1p(z * z).sum()
 

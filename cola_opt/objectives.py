@@ -13,11 +13,14 @@ or a numpy array.
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
+
+from ._checks import finite_array, real
 
 __all__ = [
     "GradientOperator",
@@ -37,9 +40,43 @@ def _np(W) -> np.ndarray:
     return np.asarray(W, dtype=np.float64)
 
 
-def _check_shape(W, shape, who: str) -> None:
-    if tuple(W.shape) != tuple(shape):
-        raise ValueError(f"{who} expects W of shape {tuple(shape)}, got {tuple(W.shape)}")
+def _check_shape(W, shape, who: str, name: str = "W") -> None:
+    got = tuple(W.shape) if hasattr(W, "shape") else np.shape(W)
+    if got != tuple(shape):
+        raise ValueError(f"{who} expects {name} of shape {tuple(shape)}, got {got}")
+
+
+def _data(x, name: str, who: str) -> np.ndarray:
+    """Construction data ``x`` as a float64 array of finite real numbers.
+
+    Raises:
+        ValueError: naming ``who`` and ``name``, on anything else.
+    """
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise ValueError(f"{who}: {name} must be real, got dtype {x.dtype}")
+        a = x.detach().cpu().double().numpy()
+    else:
+        try:
+            a = np.asarray(x)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{who}: {name} is not a numeric array ({err})") from None
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"{who}: {name} must be an array of real numbers, got dtype {a.dtype}")
+        a = np.asarray(a, dtype=np.float64)
+    finite_array(a, f"{who}: {name}")
+    return a
+
+
+def _shape_arg(shape, who: str) -> tuple[int, int]:
+    """``shape`` as ``(m, n)``, two integers ``>= 1`` (numpy integers accepted, floats not)."""
+    try:
+        m, n = shape
+    except (TypeError, ValueError):
+        m = n = None
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in (m, n)):
+        raise ValueError(f"{who}: shape {shape!r} must be a pair (m, n) of integers >= 1")
+    return int(m), int(n)
 
 
 class GradientOperator:
@@ -176,15 +213,19 @@ class MatrixLeastSquares(Objective):
     Hessian acting on each column). Convex quadratic.
 
     Raises:
-        ValueError: if the shapes of ``A`` and ``Y`` disagree.
+        ValueError: if the shapes of ``A`` and ``Y`` disagree, a dimension is 0, or an entry
+            is not a finite real number.
     """
 
     quadratic = True
 
     def __init__(self, A, Y) -> None:
-        self.A, self.Y = _np(A), _np(Y)
+        who = type(self).__name__
+        self.A, self.Y = _data(A, "A", who), _data(Y, "Y", who)
         if self.A.ndim != 2 or self.Y.ndim != 2 or self.A.shape[0] != self.Y.shape[0]:
             raise ValueError(f"A {self.A.shape} and Y {self.Y.shape} must be (p, m) and (p, n)")
+        if 0 in self.A.shape + self.Y.shape:
+            raise ValueError(f"{who}: A {self.A.shape} and Y {self.Y.shape} need p, m, n >= 1")
         self.shape = (self.A.shape[1], self.Y.shape[1])
         self._s = np.linalg.svd(self.A, compute_uv=False)
         self.smoothness = float(self._s[0] ** 2)
@@ -200,10 +241,12 @@ class MatrixLeastSquares(Objective):
         return GradientOperator(self.A.T @ (self.A @ _np(W) - self.Y))
 
     def loss(self, W):
+        _check_shape(W, self.shape, type(self).__name__)
         R = self._At.to(W.dtype) @ W - self._Yt.to(W.dtype)
         return 0.5 * (R * R).sum()
 
     def curvature(self, D) -> float:
+        _check_shape(D, self.shape, type(self).__name__, "D")
         AD = self.A @ _np(D)
         return float(np.vdot(AD, AD))
 
@@ -229,16 +272,15 @@ class IndefiniteLeastSquares(MatrixLeastSquares):
     which gives :meth:`lower_bound`.
 
     Raises:
-        ValueError: if ``mu < 0``.
+        ValueError: if ``mu`` is not a finite number ``>= 0``, or as :class:`MatrixLeastSquares`.
     """
 
     convex = False
 
     def __init__(self, A, Y, mu: float) -> None:
+        mu = real(mu, "mu", at_least=0)
         super().__init__(A, Y)
-        if mu < 0:
-            raise ValueError(f"mu = {mu} must be >= 0")
-        self.mu = float(mu)
+        self.mu = mu
         smin2 = float(self._s[-1] ** 2) if self.A.shape[0] >= self.A.shape[1] else 0.0
         self.smoothness = max(abs(float(self._s[0] ** 2) - mu), abs(smin2 - mu))
         self.convex = mu <= smin2
@@ -276,15 +318,16 @@ class MatrixSensing(Objective):
     nuclear-norm version with Gaussian ``A_i``.
 
     Raises:
-        ValueError: if ``ops`` is not ``(p, m*n)`` or ``y`` not ``(p,)``.
+        ValueError: if ``shape`` is not two integers ``>= 1``, ``ops`` is not ``(p, m*n)``
+            with ``p >= 1``, ``y`` not ``(p,)``, or an entry is not a finite real number.
     """
 
     quadratic = True
 
     def __init__(self, ops, y, shape) -> None:
-        self.ops, self.y = _np(ops), _np(y).ravel()
-        self.shape = (int(shape[0]), int(shape[1]))
-        if self.ops.ndim != 2 or self.ops.shape != (self.y.size, self.shape[0] * self.shape[1]):
+        self.shape = _shape_arg(shape, "MatrixSensing")
+        self.ops, self.y = _data(ops, "ops", "MatrixSensing"), _data(y, "y", "MatrixSensing").ravel()
+        if self.ops.ndim != 2 or self.y.size < 1 or self.ops.shape != (self.y.size, self.shape[0] * self.shape[1]):
             raise ValueError(f"ops {self.ops.shape} must be (len(y), m*n) = ({self.y.size}, {self.shape[0] * self.shape[1]})")
         self.smoothness = float(np.linalg.norm(self.ops, 2) ** 2)
         self._ot, self._yt = torch.from_numpy(self.ops), torch.from_numpy(self.y)
@@ -300,10 +343,12 @@ class MatrixSensing(Objective):
         return GradientOperator((self.ops.T @ r).reshape(self.shape))
 
     def loss(self, W):
+        _check_shape(W, self.shape, "MatrixSensing")
         r = self._ot.to(W.dtype) @ W.reshape(-1) - self._yt.to(W.dtype)
         return 0.5 * (r * r).sum()
 
     def curvature(self, D) -> float:
+        _check_shape(D, self.shape, "MatrixSensing", "D")
         a = self.ops @ _np(D).ravel()
         return float(a @ a)
 
@@ -325,13 +370,16 @@ class MultiResponseLogistic(Objective):
     ``L = ||Z||_2^2 / (4 N)``. Convex, not quadratic.
 
     Raises:
-        ValueError: on mismatched shapes or labels outside ``{-1, +1}``.
+        ValueError: on mismatched shapes, a dimension of 0, features that are not finite
+            real numbers, or labels outside ``{-1, +1}``.
     """
 
     def __init__(self, Z, Y) -> None:
-        self.Z, self.Y = _np(Z), _np(Y)
+        self.Z, self.Y = _data(Z, "Z", "MultiResponseLogistic"), _data(Y, "Y", "MultiResponseLogistic")
         if self.Z.ndim != 2 or self.Y.ndim != 2 or self.Z.shape[0] != self.Y.shape[0]:
             raise ValueError(f"Z {self.Z.shape} and Y {self.Y.shape} must be (N, m) and (N, n)")
+        if 0 in self.Z.shape + self.Y.shape:
+            raise ValueError(f"MultiResponseLogistic: Z {self.Z.shape} and Y {self.Y.shape} need N, m, n >= 1")
         if not np.all(np.isin(self.Y, (-1.0, 1.0))):
             raise ValueError("labels Y must be -1 or +1")
         self.N = self.Z.shape[0]
@@ -351,6 +399,7 @@ class MultiResponseLogistic(Objective):
         return GradientOperator(self.Z.T @ weights / self.N)
 
     def loss(self, W):
+        _check_shape(W, self.shape, "MultiResponseLogistic")
         margins = self._Yt.to(W.dtype) * (self._Zt.to(W.dtype) @ W)
         return torch.nn.functional.softplus(-margins).sum() / self.N
 

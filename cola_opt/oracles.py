@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 
+from ._checks import choice, integer, real
 from .sets import LMOAnswer, NuclearBall
 from .spectral import project_capped_simplex, top_singular
 
@@ -64,6 +65,9 @@ class FrozenFactors:
             raise ValueError("FrozenFactors holds no optimizer state; got a non-empty one")
 
 
+_SVD_METHODS = ("auto", "dense", "svds", "randomized")
+
+
 class Oracle:
     """Base: ``exact`` oracles return factors; inexact ones train the link. ``rank`` is per link."""
 
@@ -89,9 +93,7 @@ class ExactLMO(Oracle):
     """
 
     def __init__(self, svd: str = "auto", warm_start: bool = True) -> None:
-        if svd not in ("auto", "dense", "svds", "randomized"):
-            raise ValueError(f"svd method {svd!r} must be 'auto', 'dense', 'svds' or 'randomized'")
-        self.svd, self.warm_start = svd, warm_start
+        self.svd, self.warm_start = choice(svd, "svd method", _SVD_METHODS), bool(warm_start)
         self.rank = 1
 
     def __repr__(self) -> str:
@@ -113,15 +115,13 @@ class BlockLMO(Oracle):
         svd: as in :class:`ExactLMO`.
 
     Raises:
-        ValueError: on a bad rank or curvature.
+        ValueError: on a bad rank, curvature or svd method.
     """
 
     def __init__(self, rank: int, curvature: float | None = None, svd: str = "auto") -> None:
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"block LMO rank {rank!r} must be an int >= 1")
-        if curvature is not None and not (curvature > 0 and math.isfinite(curvature)):
-            raise ValueError(f"block LMO curvature {curvature!r} must be finite and > 0")
-        self.rank, self.curvature, self.svd = rank, curvature, svd
+        self.rank = integer(rank, "block LMO rank", 1)
+        self.curvature = None if curvature is None else real(curvature, "block LMO curvature", above=0)
+        self.svd = choice(svd, "svd method", _SVD_METHODS)
 
     def __repr__(self) -> str:
         return f"BlockLMO(rank={self.rank}, curvature={self.curvature})"
@@ -175,8 +175,8 @@ class InexactOracle(Oracle):
         lr: learning rate (``> 0``).
         target: ``"objective"`` (loss ``f(W + scaling B A)``; needs an unconstrained set)
             or ``"linear"`` (approximate LMO on the nuclear ball, see the module notes).
-        lora_alpha: ``scaling = lora_alpha / r``; None means ``scaling = 1``.
-        momentum: SGD momentum.
+        lora_alpha: ``scaling = lora_alpha / r`` (finite, ``> 0``); None means ``scaling = 1``.
+        momentum: SGD momentum, finite, ``>= 0``.
         record_inner: keep every inner step's loss (for plots of LoRA's plateau).
 
     Raises:
@@ -188,19 +188,14 @@ class InexactOracle(Oracle):
     def __init__(self, rank: int, inner_steps: int, *, optimizer: str = "adam", lr: float = 1e-2,
                  target: str = "objective", lora_alpha: float | None = None, momentum: float = 0.0,
                  record_inner: bool = False) -> None:
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"inexact oracle rank {rank!r} must be an int >= 1")
-        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
-            raise ValueError(f"inner_steps {inner_steps!r} must be an int >= 1")
-        if optimizer not in ("adam", "adamw", "sgd"):
-            raise ValueError(f"optimizer {optimizer!r} must be 'adam', 'adamw' or 'sgd'")
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lr {lr!r} must be finite and > 0")
-        if target not in ("objective", "linear"):
-            raise ValueError(f"target {target!r} must be 'objective' or 'linear'")
-        self.rank, self.inner_steps, self.optimizer, self.lr = rank, inner_steps, optimizer, float(lr)
-        self.target, self.lora_alpha, self.momentum = target, lora_alpha, float(momentum)
-        self.record_inner = record_inner
+        self.rank = integer(rank, "inexact oracle rank", 1)
+        self.inner_steps = integer(inner_steps, "inner_steps", 1)
+        self.optimizer = choice(optimizer, "optimizer", ("adam", "adamw", "sgd"))
+        self.lr = real(lr, "lr", above=0)
+        self.target = choice(target, "target", ("objective", "linear"))
+        self.lora_alpha = None if lora_alpha is None else real(lora_alpha, "lora_alpha", above=0)
+        self.momentum = real(momentum, "momentum", at_least=0)
+        self.record_inner = bool(record_inner)
 
     def __repr__(self) -> str:
         return (f"InexactOracle(rank={self.rank}, K={self.inner_steps}, {self.optimizer}, lr={self.lr:g}, "

@@ -4,6 +4,10 @@ Each generator returns a :class:`Problem`: the objective, the nuclear-ball radiu
 (constraint on the residual ``X = W - W0``), the start ``W0`` (zeros) and the ground truth.
 ``tau`` is set from the truth's nuclear norm by ``tau_ratio``: below 1 the constraint is
 active at the optimum, above 1 it usually is not.
+
+Every generator checks its settings first: dimensions and ranks are integers ``>= 1``,
+``seed`` an integer ``>= 0``, ratios and noise levels finite; a bad one raises a
+``ValueError`` that names it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._checks import integer, real
 from .objectives import (
     CauchyCompletion,
     IndefiniteLeastSquares,
@@ -55,9 +60,13 @@ class Problem:
     info: dict = field(default_factory=dict)
 
 
-def _check(n: int, rank: int) -> None:
-    if n < 1 or rank < 1:
-        raise ValueError(f"dimensions and rank must be >= 1, got n={n}, rank={rank}")
+def _check(seed, tau_ratio, **dims) -> None:
+    """Every generator's common settings: integer dimensions and rank ``>= 1``, an integer
+    seed ``>= 0`` and a finite ``tau_ratio > 0``; a ``ValueError`` names the first bad one."""
+    for name, v in dims.items():
+        integer(v, name, 1)
+    integer(seed, "seed", 0)
+    real(tau_ratio, "tau_ratio", above=0)
 
 
 def low_rank_matrix(m: int, n: int, rank: int, rng: np.random.Generator):
@@ -75,8 +84,7 @@ def low_rank_matrix(m: int, n: int, rank: int, rng: np.random.Generator):
 
 
 def _observed(m, n, fraction, rng):
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"observed fraction {fraction} must be in (0, 1]")
+    real(fraction, "observed fraction", above=0, at_most=1)
     itype = np.int32 if m * n < 2**31 else np.int64
     if m * n <= 4_000_000:  # exactly round(fraction m n) entries, uniformly
         flat = rng.choice(m * n, size=max(1, int(round(fraction * m * n))), replace=False)
@@ -102,10 +110,11 @@ def matrix_completion(m: int, n: int | None = None, *, rank: int = 5, fraction: 
     independently with probability ``fraction`` (no ``O(m n)`` index array).
 
     Raises:
-        ValueError: on a bad size, rank or fraction.
+        ValueError: on a bad size, rank, fraction, noise, seed or tau_ratio.
     """
     n = m if n is None else n
-    _check(min(m, n), rank)
+    _check(seed, tau_ratio, m=m, n=n, rank=rank)
+    real(noise, "noise", at_least=0)
     rng = np.random.default_rng(seed)
     rows, cols = _observed(m, n, fraction, rng)
     U = rng.standard_normal((m, rank))
@@ -132,7 +141,9 @@ def cauchy_completion(m: int, n: int | None = None, *, rank: int = 3, fraction: 
     the loss is used in its nonconvex region.
     """
     n = m if n is None else n
-    _check(min(m, n), rank)
+    _check(seed, tau_ratio, m=m, n=n, rank=rank)
+    real(outliers, "outliers", at_least=0, at_most=1)
+    real(c, "Cauchy scale c", above=0)
     rng = np.random.default_rng(seed)
     M, nuc = low_rank_matrix(m, n, rank, rng)
     rows, cols = _observed(m, n, fraction, rng)
@@ -153,7 +164,9 @@ def least_squares(m: int, n: int, *, p: int | None = None, rank: int = 4, noise:
     ``tau = tau_ratio * ||M||_*``.
     """
     p = 2 * m if p is None else p
-    _check(min(m, n, p), rank)
+    _check(seed, tau_ratio, m=m, n=n, p=p, rank=rank)
+    real(noise, "noise", at_least=0)
+    real(condition, "condition", above=0)
     rng = np.random.default_rng(seed)
     A = rng.standard_normal((p, m)) / np.sqrt(p)
     if condition != 1.0:
@@ -168,6 +181,7 @@ def least_squares(m: int, n: int, *, p: int | None = None, rank: int = 4, noise:
 def indefinite_least_squares(m: int, n: int, *, p: int | None = None, rank: int = 3, mu: float = 0.5,
                              tau_ratio: float = 1.0, seed: int = 0) -> Problem:
     """:class:`IndefiniteLeastSquares` on a :func:`least_squares` instance: nonconvex quadratic."""
+    real(mu, "mu", at_least=0)
     base = least_squares(m, n, p=p, rank=rank, noise=0.1, tau_ratio=tau_ratio, seed=seed)
     obj = IndefiniteLeastSquares(base.objective.A, base.objective.Y, mu)
     return Problem(obj, base.tau, base.W0, base.truth, f"indefinite-{m}x{n}", dict(base.info, mu=mu))
@@ -176,8 +190,10 @@ def indefinite_least_squares(m: int, n: int, *, p: int | None = None, rank: int 
 def matrix_sensing(m: int, n: int, *, p: int | None = None, rank: int = 2, noise: float = 0.05,
                    tau_ratio: float = 0.7, seed: int = 0) -> Problem:
     """Gaussian matrix sensing: ``y_i = <A_i, M> + noise``, ``A_i`` i.i.d. ``N(0, 1/p)`` entries."""
+    _check(seed, tau_ratio, m=m, n=n, rank=rank)
     p = 3 * m * n // 2 if p is None else p
-    _check(min(m, n, p), rank)
+    _check(seed, tau_ratio, p=p)
+    real(noise, "noise", at_least=0)
     rng = np.random.default_rng(seed)
     M, nuc = low_rank_matrix(m, n, rank, rng)
     ops = rng.standard_normal((p, m * n)) / np.sqrt(p)
@@ -190,7 +206,7 @@ def multi_response_logistic(m: int, n: int, *, N: int | None = None, rank: int =
                             seed: int = 0) -> Problem:
     """``n`` logistic regressions sharing ``m`` features, labels from a rank-``rank`` truth."""
     N = 4 * m if N is None else N
-    _check(min(m, n, N), rank)
+    _check(seed, tau_ratio, m=m, n=n, N=N, rank=rank)
     rng = np.random.default_rng(seed)
     M, nuc = low_rank_matrix(m, n, rank, rng)
     M *= 3.0 / np.sqrt(m)

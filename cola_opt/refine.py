@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import integer, real
 from .spectral import compress_factors
 
 __all__ = ["FactorRefinement", "RefineInfo"]
@@ -50,25 +51,27 @@ class FactorRefinement:
             step's decrease (the factors have stalled at this rank: let the next LMO step
             add a direction).
         drop_rtol: singular values ``<= drop_rtol * s_max`` are dropped when compressing.
-        max_backtracks: halvings allowed per step before giving up.
+        max_backtracks: halvings allowed per step before giving up (``>= 1``).
         accelerate: Nesterov momentum (FISTA, Beck and Teboulle 2009) with a restart
             whenever a step would not descend from the last accepted point (O'Donoghue and
             Candes 2015); accepted points still decrease ``f`` monotonically.
 
     Raises:
-        ValueError: on a bad setting.
+        ValueError: on a bad setting, naming it (numbers must be finite; ``rtol``,
+            ``drop_rtol`` and ``stall`` ``>= 0``).
     """
 
     def __init__(self, steps: int = 50, eta0: float = 1.0, growth: float = 1.2, rtol: float = 1e-12,
                  drop_rtol: float = 1e-8, max_backtracks: int = 40, accelerate: bool = True,
                  stall: float = 1e-3) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"refinement steps {steps!r} must be an int >= 1")
-        if not (eta0 > 0 and math.isfinite(eta0)) or growth < 1:
-            raise ValueError(f"need eta0 > 0 and growth >= 1, got {eta0}, {growth}")
-        self.steps, self.eta, self.growth, self.rtol = steps, float(eta0), float(growth), float(rtol)
-        self.drop_rtol, self.max_backtracks, self.accelerate = float(drop_rtol), int(max_backtracks), accelerate
-        self.stall = float(stall)
+        self.steps = integer(steps, "refinement steps", 1)
+        self.eta = real(eta0, "refinement eta0", above=0)
+        self.growth = real(growth, "refinement growth", at_least=1)
+        self.rtol = real(rtol, "refinement rtol", at_least=0)
+        self.drop_rtol = real(drop_rtol, "refinement drop_rtol", at_least=0)
+        self.max_backtracks = integer(max_backtracks, "refinement max_backtracks", 1)
+        self.accelerate = bool(accelerate)
+        self.stall = real(stall, "refinement stall", at_least=0)
 
     def __repr__(self) -> str:
         return f"FactorRefinement(steps={self.steps})"

@@ -13,8 +13,11 @@ import csv
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from scipy.optimize import OptimizeResult
+
+from .atomic import atomic_write
 
 __all__ = ["TraceRow", "Trace", "Result"]
 
@@ -72,22 +75,31 @@ class Trace:
         return [asdict(r) for r in self.rows]
 
     def to_csv(self, path) -> None:
-        """Write one line per row with a header (floats as repr)."""
+        """Write one line per row with a header (floats as repr), atomically
+        (:func:`cola_opt.atomic.atomic_write`: a reader sees the old file or the new one)."""
         names = [f.name for f in fields(TraceRow)]
-        with open(path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(names)
-            for r in self.rows:
-                w.writerow([getattr(r, n) for n in names])
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(names)
+                for r in self.rows:
+                    w.writerow([getattr(r, n) for n in names])
+
+        atomic_write(path, write)
 
     def to_json(self, path, **extra) -> None:
-        """Write ``{"trace": [...rows], **extra}``; NaN becomes null."""
+        """Write ``{"trace": [...rows], **extra}``, atomically; NaN becomes null.
+
+        Raises:
+            TypeError: if an ``extra`` value is not JSON-serialisable, before any file is touched.
+        """
         def clean(x):
             return None if isinstance(x, float) and not math.isfinite(x) else x
 
         rows = [{k: clean(v) for k, v in rec.items()} for rec in self.to_records()]
-        with open(path, "w") as fh:
-            json.dump({"trace": rows, **extra}, fh, indent=1)
+        text = json.dumps({"trace": rows, **extra}, indent=1)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def state_dict(self) -> list[dict]:
         return self.to_records()

@@ -11,7 +11,10 @@ checks explicit ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
+
+from ._checks import integer
 
 __all__ = ["uniform_knots", "validate_knots", "epoch_knots", "step_down_ranks"]
 
@@ -25,13 +28,22 @@ def validate_knots(knot_steps: Sequence[int], total_steps: int | None = None) ->
             ``[1, total_steps - 1]``: a knot at the last step would start a link that
             is never trained.
 
+    Returns:
+        the steps as a tuple of Python ``int`` (numpy integers are accepted).
+
     Raises:
-        ValueError: on a non-integer, unsorted or repeated step, or a step out of range.
+        ValueError: on a non-integer, unsorted or repeated step, a step out of range, or
+            a ``total_steps`` that is not an integer ``>= 0``.
     """
+    if isinstance(knot_steps, (str, bytes)) or not isinstance(knot_steps, Iterable):
+        raise ValueError(f"knot_steps {knot_steps!r} must be a sequence of integers")
+    if total_steps is not None:
+        total_steps = integer(total_steps, "total_steps", 0)
     steps = tuple(knot_steps)
     for s in steps:
-        if isinstance(s, bool) or not isinstance(s, int):
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
             raise ValueError(f"knot step {s!r} is not an integer")
+    steps = tuple(int(s) for s in steps)
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise ValueError(f"knot steps {list(steps)} must be strictly increasing")
     if steps and steps[0] < 1:
@@ -52,10 +64,11 @@ def uniform_knots(total_steps: int, chain_length: int) -> tuple[int, ...]:
     knots (plain LoRA).
 
     Raises:
-        ValueError: if ``chain_length < 1``, or there are fewer steps than links.
+        ValueError: if ``chain_length`` is not an integer ``>= 1``, ``total_steps`` not an
+            integer, or there are fewer steps than links.
     """
-    if isinstance(chain_length, bool) or not isinstance(chain_length, int) or chain_length < 1:
-        raise ValueError(f"chain_length must be an integer >= 1, got {chain_length!r}")
+    chain_length = integer(chain_length, "chain_length", 1)
+    total_steps = integer(total_steps, "total_steps", 0)
     if total_steps < chain_length:
         raise ValueError(
             f"chain_length {chain_length} needs at least {chain_length} optimizer steps, "
@@ -68,11 +81,10 @@ def epoch_knots(steps_per_epoch: int, epochs: int, every: int = 1) -> tuple[int,
     """A knot at the end of every ``every``-th epoch, except the last epoch.
 
     Raises:
-        ValueError: if ``steps_per_epoch``, ``epochs`` or ``every`` is below 1.
+        ValueError: if ``steps_per_epoch``, ``epochs`` or ``every`` is not an integer ``>= 1``.
     """
-    for name, v in (("steps_per_epoch", steps_per_epoch), ("epochs", epochs), ("every", every)):
-        if v < 1:
-            raise ValueError(f"{name} must be >= 1, got {v}")
+    steps_per_epoch = integer(steps_per_epoch, "steps_per_epoch", 1)
+    epochs, every = integer(epochs, "epochs", 1), integer(every, "every", 1)
     return tuple(e * steps_per_epoch for e in range(every, epochs, every))
 
 
@@ -82,8 +94,8 @@ def step_down_ranks(first_rank: int, later_rank: int, chain_length: int) -> tupl
     The paper's ablation (Section 5.3) trains r = 8 for 3 epochs, then r in {2, 4, 6, 8}.
 
     Raises:
-        ValueError: if a rank is below 1 or ``chain_length < 1``.
+        ValueError: if a rank or ``chain_length`` is not an integer ``>= 1``.
     """
-    if first_rank < 1 or later_rank < 1 or chain_length < 1:
-        raise ValueError(f"ranks and chain_length must be >= 1, got {first_rank}, {later_rank}, {chain_length}")
+    first_rank, later_rank = integer(first_rank, "first_rank", 1), integer(later_rank, "later_rank", 1)
+    chain_length = integer(chain_length, "chain_length", 1)
     return (first_rank,) + (later_rank,) * (chain_length - 1)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import real
 from .spectral import project_capped_simplex, top_singular
 
 __all__ = ["ConstraintSet", "NuclearBall", "Unconstrained", "LMOAnswer"]
@@ -72,9 +73,7 @@ class NuclearBall(ConstraintSet):
     shrink = 1.0
 
     def __init__(self, tau: float) -> None:
-        if not (isinstance(tau, (int, float, np.floating)) and math.isfinite(tau) and tau > 0):
-            raise ValueError(f"nuclear-ball radius tau = {tau!r} must be a finite number > 0")
-        self.tau = float(tau)
+        self.tau = real(tau, "nuclear-ball radius tau", above=0)
         self.diameter = 2.0 * self.tau
 
     def __repr__(self) -> str:

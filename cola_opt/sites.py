@@ -312,15 +312,19 @@ class TensorSite(Site):
 
     Args:
         weight: the ``(m, n)`` variable ``W``; kept by reference (it is updated in place).
-            Any float dtype.
-        rank: ``r >= 1`` of the first link.
-        lora_alpha: if given, ``scaling = lora_alpha / r`` (LoRA); else ``scaling = 1``.
+            Any float dtype. A writable float numpy array is accepted and shared through
+            ``torch.from_numpy``, so the array itself is updated in place too.
+        rank: an integer ``r`` in ``[1, min(m, n)]``, of the first link.
+        lora_alpha: if given, ``scaling = lora_alpha / r`` (LoRA; finite, ``> 0``); else
+            ``scaling = 1``.
         name, keep_initial, fp32_master: as in :class:`Site`. ``keep_initial`` defaults
             to True here, since toy problems use Frank-Wolfe steps.
         generator: draws the first link's ``A``.
 
     Raises:
-        ValueError: if ``weight`` is not 2-D floating point, or ``rank`` is out of range.
+        ValueError: if ``weight`` is not a 2-D floating-point tensor or writable numpy
+            array, ``rank`` is not an integer in range, or ``lora_alpha`` is not a finite
+            number ``> 0``.
     """
 
     def __init__(
@@ -334,13 +338,31 @@ class TensorSite(Site):
         fp32_master: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
-        if weight.ndim != 2 or not weight.is_floating_point():
-            raise ValueError(f"weight must be a 2-D float tensor, got shape {tuple(weight.shape)} dtype {weight.dtype}")
+        import numbers
+
+        import numpy as np
+
+        from ._checks import real
+
+        if isinstance(weight, np.ndarray) and weight.ndim == 2 and weight.dtype.kind == "f":
+            if not weight.flags.writeable:
+                raise ValueError("weight is a read-only numpy array; the site updates W in place: pass a "
+                                 "writable array or a tensor")
+            try:
+                weight = torch.from_numpy(weight)  # shares memory: in-place updates reach the array
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"numpy weight of dtype {weight.dtype} and strides {weight.strides} cannot be "
+                                 f"shared with torch ({err}); pass a tensor") from None
+        if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or not weight.is_floating_point():
+            raise ValueError(f"weight must be a 2-D float tensor (or writable float numpy array), got "
+                             f"{type(weight).__name__} of shape {getattr(weight, 'shape', None)} dtype "
+                             f"{getattr(weight, 'dtype', None)}")
         m, n = weight.shape
-        if not isinstance(rank, int) or not 1 <= rank <= min(m, n):
-            raise ValueError(f"rank {rank!r} must be an int in [1, {min(m, n)}] for a {m}x{n} weight")
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= min(m, n):
+            raise ValueError(f"rank {rank!r} must be an integer in [1, {min(m, n)}] for a {m}x{n} weight")
+        rank = int(rank)
         self._weight = weight.detach().requires_grad_(False)
-        self.lora_alpha = lora_alpha
+        self.lora_alpha = None if lora_alpha is None else real(lora_alpha, "lora_alpha", above=0)
         kw = {"device": weight.device, "dtype": torch.float32}
         self._B = nn.Parameter(torch.zeros(m, rank, **kw))
         self._A = nn.Parameter(torch.zeros(rank, n, **kw))

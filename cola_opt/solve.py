@@ -39,10 +39,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ._checks import choice, finite_array, integer, real
 from .active_set import ActiveSet
 from .core import ResidualLowRankOptimizer
 from .objectives import Objective
-from .oracles import BlockLMO, ExactLMO, InexactOracle, Oracle
+from .oracles import _SVD_METHODS, BlockLMO, ExactLMO, InexactOracle, Oracle
 from .refine import FactorRefinement
 from .result import Result, Trace, TraceRow
 from .sets import ConstraintSet, NuclearBall, Unconstrained
@@ -59,6 +60,41 @@ _VARIANTS = ("vanilla", "away", "pairwise")
 
 def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).float()
+
+
+def _check_run(max_iter, tol, time_limit, callback, progress):
+    """The stopping settings of :meth:`ChainSolver.run`, checked; ``(max_iter, tol, time_limit)`` normalised."""
+    max_iter = integer(max_iter, "max_iter", 0)
+    tol = None if tol is None else real(tol, "tol", at_least=0)
+    time_limit = None if time_limit is None else real(time_limit, "time_limit", above=0, finite=False)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback {callback!r} must be callable or None")
+    if progress is not None and not callable(getattr(progress, "update", None)):
+        raise ValueError(f"progress {progress!r} must have an update(n) method, or be None")
+    return max_iter, tol, time_limit
+
+
+def _start_weight(x0, shape: tuple[int, int]) -> torch.Tensor:
+    """``x0`` as a fresh ``(m, n)`` float32 tensor with finite entries (zeros if None)."""
+    if x0 is None:
+        return torch.zeros(shape, dtype=torch.float32)
+    if isinstance(x0, torch.Tensor):
+        W = x0.detach()
+    else:
+        try:
+            a = np.asarray(x0)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"x0 is not a numeric array ({err})") from None
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"x0 must hold real numbers, got dtype {a.dtype}")
+        W = torch.as_tensor(a)
+    if W.is_complex():
+        raise ValueError(f"x0 must hold real numbers, got dtype {W.dtype}")
+    W = W.to(torch.float32).clone()
+    if tuple(W.shape) != shape:
+        raise ValueError(f"x0 has shape {tuple(W.shape)}, the objective wants {shape}")
+    finite_array(W, "x0 (as float32)")
+    return W
 
 
 class _Residual:
@@ -117,13 +153,15 @@ class ChainSolver:
         variant: ``"vanilla"``, ``"away"`` or ``"pairwise"`` (the last two need ExactLMO).
         refine: a :class:`FactorRefinement` to polish ``X``'s factors after every link.
         gap_set: the set over which the FW gap is measured; default ``constraint``.
-        seed: seeds the chain's re-initialisations and the SVD start vectors.
+        seed: an integer ``>= 0``; seeds the chain's re-initialisations and the SVD start vectors.
         record_rank: ``"exact"`` (SVD of ``X`` each row), ``"bound"`` (tracked), or
             ``"auto"`` (exact when ``min(m, n) <= EXACT_RANK_MAX``).
         svd: SVD method for the gap's LMO (``"auto"``, ``"dense"``, ``"svds"``, ``"randomized"``).
 
     Raises:
-        ValueError: on any combination that cannot work, before any work starts.
+        ValueError: on any argument of the wrong kind (an ``x0`` of the wrong shape or with
+            NaN or inf entries, an unknown name, ...) or any combination that cannot work,
+            before any work starts.
     """
 
     def __init__(self, objective: Objective, x0=None, *, oracle: Oracle | None = None, step_size=None,
@@ -136,10 +174,17 @@ class ChainSolver:
         oracle = ExactLMO() if oracle is None else oracle
         constraint = Unconstrained() if constraint is None else constraint
         gap_set = constraint if gap_set is None else gap_set
-        if variant not in _VARIANTS:
-            raise ValueError(f"variant {variant!r} must be one of {_VARIANTS}")
-        if record_rank not in ("auto", "exact", "bound"):
-            raise ValueError(f"record_rank {record_rank!r} must be 'auto', 'exact' or 'bound'")
+        if not isinstance(oracle, Oracle):
+            raise ValueError(f"oracle {oracle!r} must be an Oracle (ExactLMO, BlockLMO, InexactOracle) or None")
+        for name, v in (("constraint", constraint), ("gap_set", gap_set)):
+            if not isinstance(v, ConstraintSet):
+                raise ValueError(f"{name} {v!r} must be a ConstraintSet (NuclearBall, Unconstrained) or None")
+        if refine is not None and not isinstance(refine, FactorRefinement):
+            raise ValueError(f"refine {refine!r} must be a FactorRefinement or None")
+        choice(variant, "variant", _VARIANTS)
+        choice(record_rank, "record_rank", ("auto", "exact", "bound"))
+        choice(svd, "svd method", _SVD_METHODS)
+        seed = integer(seed, "seed", 0)
         bounded = isinstance(constraint, NuclearBall)
         if isinstance(oracle, (ExactLMO, BlockLMO)) and not bounded:
             raise ValueError(f"{oracle!r} needs a bounded constraint set (NuclearBall), got {constraint!r}")
@@ -162,10 +207,7 @@ class ChainSolver:
             raise ValueError(f"exact line search needs a quadratic objective; {type(objective).__name__} is not")
         if isinstance(rule, ShortStep) and rule.L is None and objective.smoothness is None:
             raise ValueError(f"ShortStep needs L: {type(objective).__name__} has no smoothness constant")
-        W0 = np.zeros((m, n), np.float32) if x0 is None else x0
-        W = (W0.detach() if isinstance(W0, torch.Tensor) else torch.as_tensor(np.asarray(W0))).to(torch.float32).clone()
-        if tuple(W.shape) != (m, n):
-            raise ValueError(f"x0 has shape {tuple(W.shape)}, the objective wants {(m, n)}")
+        W = _start_weight(x0, (m, n))
 
         self.objective, self.oracle, self.rule, self.constraint, self.gap_set = objective, oracle, rule, constraint, gap_set
         self.variant, self.refine, self.seed, self.record_rank, self.svd = variant, refine, seed, record_rank, svd
@@ -337,10 +379,11 @@ class ChainSolver:
             progress: a tqdm-like object with ``update(n)``, or None.
 
         Raises:
-            ValueError: if ``max_iter < 0`` or ``tol < 0``.
+            ValueError: unless ``max_iter`` is an integer ``>= 0``, ``tol`` None or a finite
+                number ``>= 0``, ``time_limit`` None or a number ``> 0`` (``inf`` allowed),
+                ``callback`` None or callable, ``progress`` None or with ``update``.
         """
-        if max_iter < 0 or (tol is not None and not tol >= 0):
-            raise ValueError(f"max_iter {max_iter} and tol {tol} must be >= 0")
+        max_iter, tol, time_limit = _check_run(max_iter, tol, time_limit, callback, progress)
         if self.trace.rows and self.trace.rows[-1].iteration == self.t:
             self.trace.rows.pop()  # re-measure the current iterate (after a resume)
         while True:
@@ -424,8 +467,9 @@ def minimize(objective: Objective, x0=None, *, oracle: Oracle | None = None, ste
         a :class:`~cola_opt.result.Result`.
 
     Raises:
-        ValueError: as :class:`ChainSolver` and :meth:`ChainSolver.run`.
+        ValueError: as :class:`ChainSolver` and :meth:`ChainSolver.run`, before any work.
     """
+    _check_run(max_iter, tol, time_limit, callback, progress)
     solver = ChainSolver(objective, x0, oracle=oracle, step_size=step_size, constraint=constraint, variant=variant,
                          refine=refine, gap_set=gap_set, seed=seed, record_rank=record_rank, svd=svd)
     return solver.run(max_iter, tol=tol, callback=callback, time_limit=time_limit, progress=progress)

@@ -9,8 +9,11 @@ The driver describes the step's line ``gamma -> W_t + gamma * d`` by a :class:`L
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from ._checks import integer, real
 
 __all__ = ["Line", "StepRule", "OpenLoop", "ShortStep", "ExactLineSearch", "Backtracking", "Constant", "make_step_rule"]
 
@@ -65,13 +68,11 @@ class OpenLoop(StepRule):
     """``gamma_t = ell / (t + ell)``; ``ell = 2`` is Jaggi's (2013, Algorithm 1) ``2/(t+2)``.
 
     Raises:
-        ValueError: if ``ell <= 0``.
+        ValueError: if ``ell`` is not a finite number ``> 0`` (``inf`` would make every step 0).
     """
 
     def __init__(self, ell: float = 2.0) -> None:
-        if not ell > 0:
-            raise ValueError(f"open-loop parameter ell = {ell} must be > 0")
-        self.ell = float(ell)
+        self.ell = real(ell, "open-loop parameter ell", above=0)
 
     def __call__(self, line: Line) -> float:
         return _clip(self.ell / (line.t + self.ell), line.gamma_max)
@@ -96,9 +97,7 @@ class ShortStep(StepRule):
     needs = ("L",)
 
     def __init__(self, L: float | None = None) -> None:
-        if L is not None and not (L > 0 and math.isfinite(L)):
-            raise ValueError(f"short step needs a finite L > 0, got {L}")
-        self.L = L
+        self.L = None if L is None else real(L, "short step L", above=0)
 
     def __call__(self, line: Line) -> float:
         L = self.L if self.L is not None else line.smoothness
@@ -146,22 +145,21 @@ class Backtracking(StepRule):
     ``phi(gamma) <= f + gamma * slope + gamma^2 L_t ||d||^2 / 2`` holds. Never increases f.
 
     Args:
-        L0: first estimate; None takes the objective's ``L`` or 1.
-        increase: ``> 1``; decrease: in ``(0, 1]``; max_tries: cap on the inner loop.
+        L0: first estimate (finite, ``> 0``); None takes the objective's ``L`` or 1.
+        increase: finite, ``> 1``; decrease: in ``(0, 1]``; max_tries: an integer ``>= 1``,
+            cap on the inner loop.
 
     Raises:
-        ValueError: on bad parameters.
+        ValueError: on bad parameters, naming the first.
     """
 
     needs = ("value",)
 
     def __init__(self, L0: float | None = None, increase: float = 2.0, decrease: float = 0.9, max_tries: int = 60):
-        if L0 is not None and not L0 > 0:
-            raise ValueError(f"L0 = {L0} must be > 0")
-        if not increase > 1 or not 0 < decrease <= 1:
-            raise ValueError(f"need increase > 1 and 0 < decrease <= 1, got {increase}, {decrease}")
-        self.L_est = L0
-        self.increase, self.decrease, self.max_tries = increase, decrease, max_tries
+        self.L_est = None if L0 is None else real(L0, "Backtracking L0", above=0)
+        self.increase = real(increase, "Backtracking increase", above=1)
+        self.decrease = real(decrease, "Backtracking decrease", above=0, at_most=1)
+        self.max_tries = integer(max_tries, "Backtracking max_tries", 1)
 
     def __call__(self, line: Line) -> float:
         if line.value_at is None:
@@ -197,9 +195,7 @@ class Constant(StepRule):
     """
 
     def __init__(self, value: float = 1.0) -> None:
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"constant step {value} must be finite and > 0")
-        self.value = float(value)
+        self.value = real(value, "constant step", above=0)
 
     def __call__(self, line: Line) -> float:
         return _clip(self.value, line.gamma_max)
@@ -218,9 +214,9 @@ def make_step_rule(spec) -> StepRule:
     """
     if isinstance(spec, StepRule):
         return spec
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return Constant(float(spec))
+    if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
+        return Constant(spec)
     table = {"open_loop": OpenLoop, "short": ShortStep, "line_search": ExactLineSearch, "backtracking": Backtracking}
-    if spec in table:
+    if isinstance(spec, str) and spec in table:
         return table[spec]()
     raise ValueError(f"unknown step size {spec!r}; use a StepRule, a number, or one of {sorted(table)}")

@@ -39,12 +39,18 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from cola_opt import problems  # noqa: E402
+from cola_opt.atomic import atomic_save_json, atomic_write  # noqa: E402
 from cola_opt.bounds import fw_min_gap_bound, fw_primal_bound, nuclear_diameter  # noqa: E402
 from cola_opt.oracles import InexactOracle  # noqa: E402
 from cola_opt.refine import FactorRefinement  # noqa: E402
 from cola_opt.sets import NuclearBall, Unconstrained  # noqa: E402
 from cola_opt.solve import minimize  # noqa: E402
 from cola_opt.step_sizes import ExactLineSearch, OpenLoop  # noqa: E402
+
+
+def _save_png(fig, path: Path) -> None:
+    """``fig`` as a PNG at ``path``, atomically (a reader never sees a half-written figure)."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 def best_rank_r_value(obj, r: int) -> float:
@@ -126,7 +132,7 @@ def plot(out: Path, records, pb, f_star, plateaus, tau, budget):
     ax.set_ylim(1e-9, None)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "primal_gap.png", dpi=120)
+    _save_png(fig, out / "primal_gap.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(9, 6))
@@ -146,7 +152,7 @@ def plot(out: Path, records, pb, f_star, plateaus, tau, budget):
     ax.set_title("Frank-Wolfe gap (COLA/LoRA measured at knots)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "fw_gap.png", dpi=120)
+    _save_png(fig, out / "fw_gap.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(9, 6))
@@ -159,7 +165,7 @@ def plot(out: Path, records, pb, f_star, plateaus, tau, budget):
     ax.set_title("primal gap against wall time (COLA/LoRA at knots)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "wall_time.png", dpi=120)
+    _save_png(fig, out / "wall_time.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -172,7 +178,7 @@ def plot(out: Path, records, pb, f_star, plateaus, tau, budget):
     ax.set_title("COLA: chain length at a fixed budget (L = 1 is LoRA)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "chain_length.png", dpi=120)
+    _save_png(fig, out / "chain_length.png")
     plt.close(fig)
 
 
@@ -222,11 +228,11 @@ def main(argv=None) -> int:
                                                            for row in r["res"].trace.to_records()],
                                                     inner_losses=list(map(float, r["res"].inner_losses)))
                                                for r in records])
-    (out / "traces.json").write_text(json.dumps(dump))
+    atomic_write(out / "traces.json", lambda tmp: Path(tmp).write_text(json.dumps(dump), encoding="utf-8"))
     summary = {r["label"]: dict(final_gap=r["final_gap"], seconds=round(r["seconds"], 3),
                                 final_rank=r["res"].trace.rank[-1]) for r in records}
-    (out / "summary.json").write_text(json.dumps(dict(f_star=f_star, tau=tau, lora_plateaus=plateaus,
-                                                      runs=summary), indent=1))
+    atomic_save_json(dict(f_star=f_star, tau=tau, lora_plateaus=plateaus, runs=summary), out / "summary.json",
+                     indent=1)
     width = max(len(k) for k in summary)
     print(f"f* = {f_star:.6g}; LoRA plateaus (best rank-r minus f*): "
           + ", ".join(f"r={r}: {v:.4g}" for r, v in plateaus.items()))

@@ -125,9 +125,9 @@ def test_bad_inputs_raise_value_errors_naming_the_value():
         NuclearBall(-1)
     with pytest.raises(ValueError, match="'qr'"):
         ExactLMO(svd="qr")
-    with pytest.raises(ValueError, match="rank 0"):
+    with pytest.raises(ValueError, match="rank = 0"):
         BlockLMO(0)
-    with pytest.raises(ValueError, match="inner_steps 0"):
+    with pytest.raises(ValueError, match="inner_steps = 0"):
         InexactOracle(2, 0)
     with pytest.raises(ValueError, match="'adagrad'"):
         InexactOracle(2, 5, optimizer="adagrad")

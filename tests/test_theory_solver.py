@@ -230,7 +230,7 @@ def test_bad_combinations_raise_before_work():
         minimize(obj, np.zeros((2, 2)), constraint=NuclearBall(1.0))
     with pytest.raises(ValueError, match="refinement"):
         minimize(obj, oracle=InexactOracle(2, 2), refine=FactorRefinement())
-    with pytest.raises(ValueError, match="max_iter -1"):
+    with pytest.raises(ValueError, match="max_iter = -1"):
         minimize(obj, constraint=NuclearBall(1.0), max_iter=-1)
     assert Constant(1.0)  # the default step of unconstrained runs exists
     assert isinstance(OpenLoop(), OpenLoop)

@@ -1,0 +1,89 @@
+"""Argument checks shared by the theory modules: one ``ValueError`` that names the bad value.
+
+Every check runs before any work and returns the value in its plain Python form (``int``,
+``float``), so that numpy scalars are accepted at the edges and never travel further.
+``bool`` is refused wherever a number is wanted (``True`` is an ``int`` to Python only).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+
+__all__ = ["choice", "finite_array", "integer", "real"]
+
+
+def integer(value, name: str, minimum: int = 0) -> int:
+    """``value`` as an ``int``; it must be an integer (``numbers.Integral``, not bool) ``>= minimum``.
+
+    Raises:
+        ValueError: naming ``name`` and ``value``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} = {value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
+def real(value, name: str, *, above: float | None = None, at_least: float | None = None,
+         at_most: float | None = None, finite: bool = True) -> float:
+    """``value`` as a ``float``; a real number (not bool, never NaN) within the given bounds.
+
+    Args:
+        above: ``value > above``; at_least: ``value >= at_least``; at_most: ``value <= at_most``.
+        finite: refuse ``+-inf`` too.
+
+    Raises:
+        ValueError: naming ``name`` and ``value``.
+    """
+    parts = ["a finite number" if finite else "a number (not NaN)"]
+    if above is not None:
+        parts.append(f"> {above:g}")
+    if at_least is not None:
+        parts.append(f">= {at_least:g}")
+    if at_most is not None:
+        parts.append(f"<= {at_most:g}")
+    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
+    if ok:
+        v = float(value)
+        ok = not math.isnan(v) and (math.isfinite(v) or not finite)
+        ok = ok and (above is None or v > above) and (at_least is None or v >= at_least)
+        ok = ok and (at_most is None or v <= at_most)
+    if not ok:
+        raise ValueError(f"{name} = {value!r} must be {' '.join(parts)}")
+    return v
+
+
+def choice(value, name: str, options) -> str:
+    """``value`` if it is one of the strings ``options``.
+
+    Raises:
+        ValueError: naming ``name`` and ``value``.
+    """
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} {value!r} must be one of {', '.join(map(repr, options))}")
+    return value
+
+
+def finite_array(a, name: str) -> None:
+    """Check that every entry of the array or tensor ``a`` is finite.
+
+    Raises:
+        ValueError: naming ``name``, with the count and the first bad position and value.
+    """
+    if isinstance(a, torch.Tensor):
+        bad = ~torch.isfinite(a.detach())
+        if not bool(bad.any()):
+            return
+        bad = bad.cpu().numpy()
+        arr = a.detach().cpu().double().numpy()
+    else:
+        arr = np.asarray(a)
+        bad = ~np.isfinite(arr)
+        if not bad.any():
+            return
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{name} has {int(bad.sum())} non-finite entries (NaN or inf): the first is "
+                     f"{float(arr[where])} at index {where}")
