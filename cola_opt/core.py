@@ -22,7 +22,6 @@ object drives an LLM fine-tuning loop (sites over PEFT layers) and the toy probl
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ._checks import integer, real
 from .reset import ResetPolicy, make_reset_policy
 from .schedules import validate_knots
 from .sites import Site
@@ -47,11 +47,6 @@ def _storage_key(w: torch.Tensor) -> int:
         return id(w) if w.is_meta else w.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError, AttributeError):  # sharded or wrapper tensors
         return id(w)
-
-
-def _finite(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 class NonFiniteUpdateError(FloatingPointError):
@@ -147,9 +142,7 @@ class ResidualLowRankOptimizer:
             owners[key] = s.name
         self.knot_steps = validate_knots(knot_steps)
         if ranks is not None:
-            if any(isinstance(r, bool) or not isinstance(r, numbers.Integral) for r in ranks):
-                raise ValueError(f"ranks {list(ranks)} must be integers")
-            ranks = tuple(int(r) for r in ranks)
+            ranks = tuple(integer(r, "each of ranks", 1) for r in ranks)
             if len(ranks) != len(self.knot_steps) + 1:
                 raise ValueError(f"ranks {list(ranks)} must have one entry per link: {len(self.knot_steps) + 1}")
             if any(r < 1 for r in ranks):
@@ -166,10 +159,9 @@ class ResidualLowRankOptimizer:
             if missing:
                 raise ValueError(f"shrink={shrink} needs W0, but sites {missing[:3]} were built without keep_initial")
         if not callable(step_size):
-            _finite("step_size", step_size)
-        _finite("shrink", shrink)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+            real(step_size, "step_size")
+        real(shrink, "shrink")
+        integer(seed, "seed", 0)
         self.step_size = step_size
         self.shrink = float(shrink)
         self.reset_policy = make_reset_policy(reset)
@@ -406,8 +398,7 @@ class ResidualLowRankOptimizer:
         return self.tie_knot(step_size=step_size, shrink=shrink, next_rank=next_rank)
 
     def _check_rank(self, name: str, rank) -> None:
-        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
-            raise ValueError(f"{name} must be an integer, got {rank!r}")
+        integer(rank, name, 1)
         for s in self.sites:
             if not 1 <= rank <= min(s.shape):
                 raise ValueError(f"{name}={rank} must be in [1, {min(s.shape)}] for site {s.name!r} of shape {s.shape}")

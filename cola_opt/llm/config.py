@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._checks import integer, real
 from ..guard import GUARD_POLICIES
 from ..reset import make_reset_policy
 from ..schedules import uniform_knots, validate_knots
@@ -107,15 +107,16 @@ class FinetuneConfig:
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} must be one of {METHODS}")
         for name in ("n_train", "n_test", "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length"):
-            _integer(name, getattr(self, name), 1)
-        _integer("n_dev", self.n_dev, 0)
-        _integer("warmup_steps", self.warmup_steps, 0)
-        _integer("seed", self.seed, 0, 2**32 - 1)
+            integer(getattr(self, name), name, 1)
+        integer(self.n_dev, "n_dev", 0)
+        integer(self.warmup_steps, "warmup_steps", 0)
+        if integer(self.seed, "seed", 0) >= 2**32:
+            raise ValueError(f"seed = {self.seed!r} must be below 2**32")
         if self.max_steps is not None:
-            _integer("max_steps", self.max_steps, 1)
-        _number("lr", self.lr, low=0.0, open_low=True)
-        _number("weight_decay", self.weight_decay, low=0.0)
-        _number("max_grad_norm", self.max_grad_norm, low=0.0)
+            integer(self.max_steps, "max_steps", 1)
+        real(self.lr, "lr", above=0.0)
+        real(self.weight_decay, "weight_decay", at_least=0.0)
+        real(self.max_grad_norm, "max_grad_norm", at_least=0.0)
         for name in ("data_dir", "output_dir", "export_dir", "export_links"):  # Path objects become strings
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
@@ -187,21 +188,6 @@ class FinetuneConfig:
     def to_dict(self) -> dict:
         """Plain JSON-ready dict of all fields."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-
-def _integer(name: str, value, low: int, high: int | None = None) -> None:
-    """Refuse anything but an int (not bool) in ``[low, high]``, naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (high and value > high):
-        span = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {span}, got {value!r}")
-
-
-def _number(name: str, value, low: float, open_low: bool = False) -> None:
-    """Refuse a non-number, NaN, inf, or a value below ``low`` (or at it, if ``open_low``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if value < low or (open_low and value == low):
-        raise ValueError(f"{name} must be {'>' if open_low else '>='} {low}, got {value!r}")
 
 
 def _check_output_dir(path: str) -> None:

@@ -6,13 +6,12 @@ is ours and acts through :class:`LoraSite`.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .._checks import real
 from ..sites import Site
 
 __all__ = ["LoraSettings", "LoraSite", "check_targets", "inject_lora", "lora_sites", "matching_modules"]
@@ -46,14 +45,10 @@ class LoraSettings:
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"LoRA rank r must be an integer >= 1, got {self.r!r}")
-        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, numbers.Real) or not (
-            math.isfinite(self.lora_alpha) and self.lora_alpha > 0
-        ):
-            raise ValueError(f"lora_alpha must be a finite number > 0, got {self.lora_alpha!r}")
-        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, numbers.Real) or not (
-            0.0 <= self.lora_dropout < 1.0
-        ):
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        real(self.lora_alpha, "lora_alpha", above=0.0)
+        real(self.lora_dropout, "lora_dropout", at_least=0.0)
+        if not self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout = {self.lora_dropout!r} must be < 1")
         if isinstance(self.target_modules, str):
             self.target_modules = tuple(t.strip() for t in self.target_modules.split(",") if t.strip())
         self.target_modules = tuple(self.target_modules)
