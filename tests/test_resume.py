@@ -126,10 +126,11 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resumes(tiny_model_dir
         return loss
 
     _fail_at_forward(monkeypatch, 5, interrupt)
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN when started in the background
     with pytest.raises(KeyboardInterrupt, match="SIGINT after step 5; run the same command again"):
         finetune(_cfg(tiny_model_dir, tmp_path))
     assert _latest(tmp_path) == 5  # off the every-3 schedule: written on the way out
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
     monkeypatch.undo()
     r = finetune(_cfg(tiny_model_dir, tmp_path))
     assert r["resumed_from"] == [5] and [c["step"] for c in r["checkpoints"]] == [3, 5, 6, 9, 12]
@@ -138,13 +139,14 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resumes(tiny_model_dir
 
 def test_a_second_signal_interrupts_at_once():
     notes = []
+    before = signal.getsignal(signal.SIGTERM)
     with checkpoint.DeferredInterrupt(notify=notes.append) as d:
         assert signal.getsignal(signal.SIGTERM) == d._handle  # else the next line would end pytest
         signal.raise_signal(signal.SIGTERM)
         assert d.requested == "SIGTERM" and "finishing this step" in notes[0]
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def _checkpoint_after_crash(model_dir, out, monkeypatch, at=5):

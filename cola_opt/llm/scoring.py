@@ -160,11 +160,13 @@ def autocast_context(device: torch.device | str, autocast: str):
 
 
 @torch.no_grad()
-def evaluate(model, data: Sequence[Encoded], *, pad_id: int, batch_size: int = 16, autocast: str = "none") -> dict:
+def evaluate(model, data: Sequence[Encoded], *, pad_id: int, batch_size: int = 16, autocast: str = "none",
+             desc: str | None = None) -> dict:
     """Accuracy and mean classification loss of ``model`` on ``data``.
 
     The model is put in eval mode (dropout off) and restored afterwards. Examples are
-    batched in order of length to waste less padding; results do not depend on it.
+    batched in order of length to waste less padding. ``desc`` shows a progress bar
+    (in examples) with that label; ``None`` shows none.
 
     Returns:
         ``{"accuracy": float in [0, 1], "loss": float (nats), "n": int, "predictions": list[int]}``.
@@ -175,8 +177,12 @@ def evaluate(model, data: Sequence[Encoded], *, pad_id: int, batch_size: int = 1
     preds = [0] * len(data)
     total_loss = 0.0
     device = next(model.parameters()).device
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(data), desc=desc, unit="ex", leave=False, disable=desc is None)
     try:
         for start in range(0, len(order), batch_size):
+            bar.update(min(batch_size, len(order) - start))
             idx = order[start : start + batch_size]
             batch = [data[i] for i in idx]
             with autocast_context(device, autocast):
@@ -186,6 +192,7 @@ def evaluate(model, data: Sequence[Encoded], *, pad_id: int, batch_size: int = 1
             for i, p in zip(idx, scores.argmax(-1).tolist()):
                 preds[i] = p
     finally:
+        bar.close()
         model.train(was_training)
     correct = sum(int(p == e.label) for p, e in zip(preds, data))
     n = max(len(data), 1)

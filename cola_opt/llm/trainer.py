@@ -152,7 +152,8 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         def run_eval(name: str, model) -> dict:
             if not enc[name]:
                 return {"accuracy": None, "loss": None, "n": 0}  # JSON null, not NaN
-            r = evaluate(model, enc[name], pad_id=pad, batch_size=cfg.eval_batch_size, autocast=cfg.autocast)
+            r = evaluate(model, enc[name], pad_id=pad, batch_size=cfg.eval_batch_size, autocast=cfg.autocast,
+                         desc=f"{cfg.method} {name} eval" if cfg.progress else None)
             if name != "test":  # test predictions stay, for paired tests across methods
                 r.pop("predictions")
             return r
@@ -351,8 +352,10 @@ def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
     majority = majority_accuracy(splits)
     table = format_table(cfg, results, majority)
     print(table)
-    summary = {"config": cfg.to_dict(), "counts": splits.counts, "majority": majority, "methods": results, "table": table}
-    atomic_save_json(summary, Path(cfg.output_dir) / f"{cfg.task}_compare_s{cfg.seed}.json")
+    config = {**cfg.to_dict(), "method": list(methods)}
+    summary = {"config": config, "counts": splits.counts, "majority": majority, "methods": results, "table": table}
+    path = atomic_save_json(summary, Path(cfg.output_dir) / f"{cfg.task}_compare_s{cfg.seed}.json")
+    print(f"\nresults: {path} (all methods); each run's results.json under {cfg.output_dir}/")
     return summary
 
 
