@@ -45,6 +45,13 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_model_dir, super_glue
     assert r["total_steps"] == 6 and r["knot_steps"] == [3]
 
 
+@pytest.mark.parametrize("progress", [False, True])
+def test_knot_and_epoch_lines_follow_progress(progress, tiny_model_dir, super_glue_dir, tmp_path, capsys):
+    finetune(_cfg(tiny_model_dir, super_glue_dir, tmp_path, max_steps=4, knot_steps=(2,), progress=progress))
+    printed = "".join(capsys.readouterr())
+    assert ("knot 1 tied at step 2" in printed) == progress and ("dev accuracy" in printed) == progress
+
+
 def test_explicit_knot_steps_and_max_steps(tiny_model_dir, super_glue_dir, tmp_path):
     r = finetune(_cfg(tiny_model_dir, super_glue_dir, tmp_path, max_steps=5, knot_steps=(1, 3)))
     assert r["total_steps"] == 5 and [k["step"] for k in r["knots"]] == [1, 3]

@@ -76,7 +76,7 @@ class FinetuneConfig:
     dtype: str = _f("fp32", "weight dtype: fp32, bf16 or fp16")
     autocast: str = _f("bf16", "autocast dtype for forward passes: none, bf16 or fp16")
     output_dir: str = _f("runs", "folder for results (one subfolder per run)")
-    progress: bool = _f(True, "show progress bars")
+    progress: bool = _f(True, "show progress bars and a line per knot and per epoch (warnings print either way)")
     checkpoint_every: int = _f(
         0, "write a resumable checkpoint to <run folder>/checkpoint every N optimizer steps and after the last "
         "(optimizer steps; 0 = off)"

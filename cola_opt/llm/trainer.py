@@ -279,6 +279,7 @@ def _train(cfg, model, enc, pad, total_steps, knots, result, run_eval, run_dir, 
     ckpt = RunCheckpoints(cfg, run_dir, model, chain, sched, guard, result, fingerprint, bar.write)
     position = ckpt.restore(resume_from) if resume_from is not None else (0, 0)
     bar.update(chain.step_count)
+    chatter = bar.write if cfg.progress else (lambda _line: None)  # knot and epoch lines; warnings always print
     train = enc["train"]
     device = next(model.parameters()).device
     model.train()
@@ -309,10 +310,10 @@ def _train(cfg, model, enc, pad, total_steps, knots, result, run_eval, run_dir, 
             bar.set_postfix(loss=f"{ema:.3f}", link=f"{chain.link + 1}/{chain.chain_length}", lr=f"{lr_now:.1e}")
             bar.update(1)
             if knot is not None:
-                bar.write(f"knot {knot.link + 1} tied at step {knot.step} in {knot.seconds * 1e3:.1f} ms")
+                chatter(f"knot {knot.link + 1} tied at step {knot.step} in {knot.seconds * 1e3:.1f} ms")
             if epoch_ends or chain.step_count >= total_steps:
                 result["dev_history"].append({"epoch": epoch + 1, "step": chain.step_count, **run_eval("dev", model)})
-                bar.write(f"epoch {epoch + 1}: dev accuracy {result['dev_history'][-1]['accuracy']:.4f}")
+                chatter(f"epoch {epoch + 1}: dev accuracy {result['dev_history'][-1]['accuracy']:.4f}")
             if ckpt.due(total_steps, interrupt.requested is not None):
                 ckpt.save((epoch + 1, 0) if epoch_ends else (epoch, index + 1))
             if interrupt.requested:
