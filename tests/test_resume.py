@@ -156,6 +156,29 @@ def _checkpoint_after_crash(model_dir, out, monkeypatch, at=5):
     monkeypatch.undo()
 
 
+def test_compare_restarted_after_a_kill_skips_the_methods_that_finished(tiny_model_dir, tmp_path, monkeypatch):
+    from cola_opt.llm.trainer import compare
+
+    cfg = _cfg(tiny_model_dir, tmp_path, max_steps=4, knot_steps=None, link_ranks=None, chain_length=2, export_dir=None)
+    first = compare(cfg)["methods"]
+    (tmp_path / "wsc_cola_s0" / "results.json").unlink()  # as if killed while COLA trained
+    trained = []
+    real = trainer.finetune
+    monkeypatch.setattr(trainer, "finetune", lambda c, splits=None: trained.append(c.method) or real(c, splits))
+
+    again = compare(cfg.replace(progress=True, eval_batch_size=2))["methods"]  # fields a resume may change
+    assert trained == ["cola"]
+    assert again["lora"]["test"] == first["lora"]["test"] and again["lora"]["train_loss"] == first["lora"]["train_loss"]
+    assert again["cola"]["test"]["n"] == 16
+
+    trained.clear()
+    compare(cfg.replace(lr=5e-4))  # another setting: everything runs again
+    assert trained == ["zero-shot", "lora", "cola"]
+    trained.clear()
+    compare(cfg.replace(lr=5e-4, resume="never"))
+    assert trained == ["zero-shot", "lora", "cola"]
+
+
 @pytest.mark.parametrize("change,message", [
     ({"lr": 5e-4}, r"another configuration \(lr: 0\.001 -> 0\.0005\)"),
     ({"rank": 4, "link_ranks": (4, 4, 2)}, r"link_ranks: \[8, 4, 2\] -> \[4, 4, 2\]; rank: 8 -> 4"),

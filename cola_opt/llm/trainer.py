@@ -13,6 +13,7 @@ from which a later call resumes (:mod:`cola_opt.llm.resume`, ``docs/robustness.m
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import platform
 import time
@@ -24,8 +25,8 @@ import torch
 from ..atomic import atomic_directory, atomic_save_json
 from ..core import ResidualLowRankOptimizer
 from ..guard import NonFiniteError, NonFiniteGuard
-from .checkpoint import CHECKPOINT_DIR, DeferredInterrupt, capture_rng, remove_checkpoints, run_lock
-from .config import FinetuneConfig, plan_steps
+from .checkpoint import CHECKPOINT_DIR, DeferredInterrupt, capture_rng, config_differences, remove_checkpoints, run_lock
+from .config import RESUMABLE_CHANGES, FinetuneConfig, plan_steps
 from .export import LinkAdapterWriter, export_merged
 from .lora import check_targets, inject_lora, lora_sites
 from .models import load_model
@@ -334,6 +335,11 @@ def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
     All other settings are shared. Writes ``<output_dir>/<task>_compare_s<seed>.json``.
     Each trained method exports to ``<export_dir>/<method>`` and its links to
     ``<export_links>/<method>`` when those are set; each resumes from its own checkpoint.
+    With checkpoints on (``checkpoint_every > 0``, ``resume`` not ``"never"``), a method
+    whose ``results.json`` was written with the same settings (outside
+    :data:`~cola_opt.llm.config.RESUMABLE_CHANGES`) is not run again: its result is
+    read back, so a killed ``compare`` restarted with the same command goes on where it
+    stopped.
 
     Returns:
         ``{"methods": {method: result}, "majority": accuracy, "table": str}``.
@@ -349,7 +355,7 @@ def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
         plan_steps(c, len(splits.train))
         if c.method in ("lora", "cola"):
             check_targets(c.model, c.lora_settings(), c.link_ranks or ())
-    results = {m: finetune(c, splits) for m, c in cfgs.items()}
+    results = {m: _finished(c) or finetune(c, splits) for m, c in cfgs.items()}
     majority = majority_accuracy(splits)
     table = format_table(cfg, results, majority)
     print(table)
@@ -358,6 +364,24 @@ def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
     path = atomic_save_json(summary, Path(cfg.output_dir) / f"{cfg.task}_compare_s{cfg.seed}.json")
     print(f"\nresults: {path} (all methods); each run's results.json under {cfg.output_dir}/")
     return summary
+
+
+def _finished(cfg: FinetuneConfig) -> dict | None:
+    """The result a resumable run of ``cfg`` already wrote with the same settings, else ``None``."""
+    path = run_dir_of(cfg) / "results.json"
+    if cfg.checkpoint_every <= 0 or cfg.resume == "never" or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or "test" not in saved or not isinstance(saved.get("config"), dict):
+        return None
+    if config_differences(saved["config"], cfg.to_dict(), RESUMABLE_CHANGES):
+        return None
+    print(f"[compare] {cfg.method}: finished earlier with these settings; using {path}")
+    saved["results_path"] = str(path)
+    return saved
 
 
 def _method_config(cfg: FinetuneConfig, method: str) -> FinetuneConfig:
