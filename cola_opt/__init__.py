@@ -20,9 +20,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChainSolver",
-    "Result",
-    "Trace",
-    "minimize",
     "FullReset",
     "KeepState",
     "KnotRecord",
@@ -30,10 +27,13 @@ __all__ = [
     "PruneState",
     "ResetPolicy",
     "ResidualLowRankOptimizer",
+    "Result",
     "Site",
     "TensorSite",
+    "Trace",
     "epoch_knots",
     "make_reset_policy",
+    "minimize",
     "reinit_factors_",
     "step_down_ranks",
     "uniform_knots",

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write", "atomic_save_tensors", "atomic_save_json", "atomic_directory", "load_tensors", "load_json"]
+__all__ = ["atomic_directory", "atomic_save_json", "atomic_save_tensors", "atomic_write", "load_json", "load_tensors"]
 
 
 def _process_umask() -> int:

@@ -12,14 +12,14 @@ import math
 
 __all__ = [
     "JAGGI_BETA",
-    "nuclear_diameter",
-    "curvature_bound",
-    "fw_primal_bound",
-    "fw_min_gap_bound",
-    "nonconvex_min_gap_bound",
-    "cola_step_size",
     "cola_bound",
     "cola_prefix_bound",
+    "cola_step_size",
+    "curvature_bound",
+    "fw_min_gap_bound",
+    "fw_primal_bound",
+    "nonconvex_min_gap_bound",
+    "nuclear_diameter",
     "rank_bound",
 ]
 

@@ -15,7 +15,7 @@ import torch
 from ._checks import real
 from .objectives import GradientOperator, LowRankModel, Objective, _check_shape, _data, _shape_arg
 
-__all__ = ["MatrixCompletion", "CauchyCompletion"]
+__all__ = ["CauchyCompletion", "MatrixCompletion"]
 
 
 class _Observed(Objective):
@@ -53,17 +53,19 @@ class _Observed(Objective):
             raise ValueError(f"{who}: {name} must be integer indices, got dtype {a.dtype}")
         return a if a.size else a.astype(np.int64)
 
-    @property
-    def _rt(self) -> torch.Tensor:
-        """int64 row indices for torch indexing (built on first use: inner optimizers only)."""
+    def _torch_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """int64 (row, column) indices for torch indexing (built on first use: inner optimizers only)."""
         if self._torch_index is None:
             self._torch_index = (torch.from_numpy(self.rows.astype(np.int64)), torch.from_numpy(self.cols.astype(np.int64)))
-        return self._torch_index[0]
+        return self._torch_index
+
+    @property
+    def _rt(self) -> torch.Tensor:
+        return self._torch_indices()[0]
 
     @property
     def _ct(self) -> torch.Tensor:
-        self._rt
-        return self._torch_index[1]
+        return self._torch_indices()[1]
 
     def value_and_gradient(self, W):
         _check_shape(W, self.shape, type(self).__name__)
@@ -100,7 +102,7 @@ class _Observed(Objective):
         curv = (lambda: float(np.dot(d, d))) if self.quadratic else None
         return curv, (lambda g: self._from_entries(w + g * d))
 
-    def lowrank(self, W0) -> "LowRankModel":
+    def lowrank(self, W0) -> LowRankModel:
         return _ObservedLowRank(self, W0)
 
     def selection_cvxpy(self, X):

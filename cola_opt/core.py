@@ -35,8 +35,8 @@ from .schedules import validate_knots
 from .sites import Site
 
 __all__ = [
-    "NonFiniteUpdateError",
     "KnotRecord",
+    "NonFiniteUpdateError",
     "ResidualLowRankOptimizer",
 ]
 

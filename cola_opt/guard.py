@@ -24,7 +24,7 @@ import torch
 
 from .sites import is_sharded
 
-__all__ = ["NonFiniteError", "NonFiniteGuard", "GUARD_POLICIES"]
+__all__ = ["GUARD_POLICIES", "NonFiniteError", "NonFiniteGuard"]
 
 GUARD_POLICIES = ("skip", "stop")
 

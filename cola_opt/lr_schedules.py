@@ -27,7 +27,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from .schedules import validate_knots
 
-__all__ = ["linear_factor", "linear_schedule", "jagged_cosine_factor", "jagged_cosine_schedule"]
+__all__ = ["jagged_cosine_factor", "jagged_cosine_schedule", "linear_factor", "linear_schedule"]
 
 
 def _check_steps(total_steps: int, warmup_steps: int) -> None:

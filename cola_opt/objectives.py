@@ -23,14 +23,14 @@ from scipy.sparse.linalg import LinearOperator, aslinearoperator
 from ._checks import finite_array, real
 
 __all__ = [
+    "CauchyCompletion",
     "GradientOperator",
-    "Objective",
-    "MatrixLeastSquares",
     "IndefiniteLeastSquares",
     "MatrixCompletion",
-    "CauchyCompletion",
+    "MatrixLeastSquares",
     "MatrixSensing",
     "MultiResponseLogistic",
+    "Objective",
 ]
 
 
@@ -196,7 +196,7 @@ class Objective(ABC):
         curv = (lambda: self.curvature(d())) if self.quadratic else None
         return curv, (lambda g: self.value(_np(W) + g * d()))
 
-    def lowrank(self, W0) -> "LowRankModel":
+    def lowrank(self, W0) -> LowRankModel:
         """Evaluate ``f(W0 + P Q^T)`` and its gradient from factors (dense default)."""
         return LowRankModel(self, W0)
 
@@ -433,4 +433,4 @@ class LowRankModel:
         return self.objective.value_and_gradient(self.W0 + P @ Q.T)
 
 
-from .completion import CauchyCompletion, MatrixCompletion  # noqa: E402  (re-exported)
+from .completion import CauchyCompletion, MatrixCompletion

@@ -33,7 +33,7 @@ from ._checks import choice, integer, real
 from .sets import LMOAnswer, NuclearBall
 from .spectral import project_capped_simplex, top_singular
 
-__all__ = ["Oracle", "ExactLMO", "BlockLMO", "InexactOracle", "FrozenFactors"]
+__all__ = ["BlockLMO", "ExactLMO", "FrozenFactors", "InexactOracle", "Oracle"]
 
 
 class FrozenFactors:

@@ -29,11 +29,11 @@ from .objectives import (
 
 __all__ = [
     "Problem",
+    "cauchy_completion",
+    "indefinite_least_squares",
+    "least_squares",
     "low_rank_matrix",
     "matrix_completion",
-    "cauchy_completion",
-    "least_squares",
-    "indefinite_least_squares",
     "matrix_sensing",
     "multi_response_logistic",
 ]

@@ -22,7 +22,7 @@ import numpy as np
 from .objectives import Objective
 from .sets import NuclearBall
 
-__all__ = ["ReferenceOptimum", "reference_optimum", "certify"]
+__all__ = ["ReferenceOptimum", "certify", "reference_optimum"]
 
 
 @dataclass

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["ResetPolicy", "FullReset", "KeepState", "PruneState", "make_reset_policy"]
+__all__ = ["FullReset", "KeepState", "PruneState", "ResetPolicy", "make_reset_policy"]
 
 
 class ResetPolicy:

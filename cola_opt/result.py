@@ -19,7 +19,7 @@ from scipy.optimize import OptimizeResult
 
 from .atomic import atomic_write
 
-__all__ = ["TraceRow", "Trace", "Result"]
+__all__ = ["Result", "Trace", "TraceRow"]
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Trace:
         return self.to_records()
 
     @classmethod
-    def from_state(cls, rows: list[dict]) -> "Trace":
+    def from_state(cls, rows: list[dict]) -> Trace:
         return cls([TraceRow(**r) for r in rows])
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 
 from ._checks import integer
 
-__all__ = ["uniform_knots", "validate_knots", "epoch_knots", "step_down_ranks"]
+__all__ = ["epoch_knots", "step_down_ranks", "uniform_knots", "validate_knots"]
 
 
 def validate_knots(knot_steps: Sequence[int], total_steps: int | None = None) -> tuple[int, ...]:

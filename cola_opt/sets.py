@@ -15,7 +15,7 @@ import numpy as np
 from ._checks import real
 from .spectral import project_capped_simplex, top_singular
 
-__all__ = ["ConstraintSet", "NuclearBall", "Unconstrained", "LMOAnswer"]
+__all__ = ["ConstraintSet", "LMOAnswer", "NuclearBall", "Unconstrained"]
 
 
 @dataclass

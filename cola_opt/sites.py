@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-__all__ = ["Site", "TensorSite", "reinit_factors_", "full_tensor", "local_part", "is_sharded"]
+__all__ = ["Site", "TensorSite", "full_tensor", "is_sharded", "local_part", "reinit_factors_"]
 
 
 def _dtensor_type():

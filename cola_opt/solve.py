@@ -51,7 +51,7 @@ from .sites import TensorSite
 from .spectral import compress_factors, numerical_rank
 from .step_sizes import Constant, ExactLineSearch, Line, OpenLoop, ShortStep, make_step_rule
 
-__all__ = ["ChainSolver", "minimize", "EXACT_RANK_MAX"]
+__all__ = ["EXACT_RANK_MAX", "ChainSolver", "minimize"]
 
 #: ``record_rank="auto"`` computes the exact numerical rank when ``min(m, n)`` is at most this.
 EXACT_RANK_MAX = 64

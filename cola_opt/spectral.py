@@ -13,11 +13,11 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, svds
 
 __all__ = [
-    "top_singular",
-    "project_capped_simplex",
-    "numerical_rank",
-    "compress_factors",
     "DENSE_SVD_MAX",
+    "compress_factors",
+    "numerical_rank",
+    "project_capped_simplex",
+    "top_singular",
 ]
 
 #: ``method="auto"`` uses a dense SVD when ``min(m, n)`` is at most this.

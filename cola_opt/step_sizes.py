@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ._checks import integer, real
 
-__all__ = ["Line", "StepRule", "OpenLoop", "ShortStep", "ExactLineSearch", "Backtracking", "Constant", "make_step_rule"]
+__all__ = ["Backtracking", "Constant", "ExactLineSearch", "Line", "OpenLoop", "ShortStep", "StepRule", "make_step_rule"]
 
 
 @dataclass

@@ -35,17 +35,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import torch
+from tqdm import tqdm
 
-from cola_opt import problems  # noqa: E402
-from cola_opt.atomic import atomic_save_json, atomic_write  # noqa: E402
-from cola_opt.bounds import fw_min_gap_bound, fw_primal_bound, nuclear_diameter  # noqa: E402
-from cola_opt.oracles import InexactOracle  # noqa: E402
-from cola_opt.refine import FactorRefinement  # noqa: E402
-from cola_opt.sets import NuclearBall, Unconstrained  # noqa: E402
-from cola_opt.solve import minimize  # noqa: E402
-from cola_opt.step_sizes import ExactLineSearch, OpenLoop  # noqa: E402
+from cola_opt import problems
+from cola_opt.atomic import atomic_save_json, atomic_write
+from cola_opt.bounds import fw_min_gap_bound, fw_primal_bound, nuclear_diameter
+from cola_opt.oracles import InexactOracle
+from cola_opt.refine import FactorRefinement
+from cola_opt.sets import NuclearBall, Unconstrained
+from cola_opt.solve import minimize
+from cola_opt.step_sizes import ExactLineSearch, OpenLoop
 
 
 def _save_png(fig, path: Path) -> None:

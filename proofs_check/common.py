@@ -18,7 +18,7 @@ import numpy as np
 from cola_opt.sets import LMOAnswer, NuclearBall
 from cola_opt.spectral import top_singular
 
-__all__ = ["ClaimResult", "Tracker", "FlippedBall", "DoubleAtomBall", "fstar_bounds", "SLACK"]
+__all__ = ["SLACK", "ClaimResult", "DoubleAtomBall", "FlippedBall", "Tracker", "fstar_bounds"]
 
 #: Relative floating-point slack allowed on a ratio (iterates are float32).
 SLACK = 1e-6
@@ -75,8 +75,7 @@ class Tracker:
         if not bound > 0:
             raise ValueError(f"bound {bound} must be > 0 ({where})")
         r = observed / bound if math.isfinite(observed) else math.inf
-        if r > self.worst:
-            self.worst = r
+        self.worst = max(self.worst, r)
         if not r <= 1.0 + self.slack:
             self.violations += 1
             if len(self.notes) < 5:

@@ -24,10 +24,12 @@ import torch
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
 
-import cola_opt.llm.checkpoint as checkpoint  # noqa: E402
-import cola_opt.llm.trainer as trainer  # noqa: E402
-from cola_opt.cli import main  # noqa: E402
-from cola_opt.sites import Site  # noqa: E402
+from cola_opt.cli import main
+from cola_opt.llm import (
+    checkpoint,
+    trainer,
+)
+from cola_opt.sites import Site
 
 
 def _pause(what: str, until=lambda: False) -> None:

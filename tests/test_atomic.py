@@ -77,10 +77,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 def test_atomic_directory_appears_complete_or_not_at_all(tmp_path):
     out = tmp_path / "ckpt"
-    with pytest.raises(RuntimeError):
-        with atomic_directory(out) as tmp:
-            (tmp / "a.json").write_text("{}")
-            raise RuntimeError("crash while writing")
+    with pytest.raises(RuntimeError), atomic_directory(out) as tmp:
+        (tmp / "a.json").write_text("{}")
+        raise RuntimeError("crash while writing")
     assert os.listdir(tmp_path) == []
     with atomic_directory(out) as tmp:
         (tmp / "a.json").write_text('{"v": 1}')
@@ -88,9 +87,8 @@ def test_atomic_directory_appears_complete_or_not_at_all(tmp_path):
         (tmp / "b.json").write_text('{"v": 2}')
     assert os.listdir(out) == ["b.json"] and os.listdir(tmp_path) == ["ckpt"]
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="not a directory"):
-        with atomic_directory(tmp_path / "file"):
-            pass
+    with pytest.raises(ValueError, match="not a directory"), atomic_directory(tmp_path / "file"):
+        pass
 
 
 _WRITER = textwrap.dedent("""

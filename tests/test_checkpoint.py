@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import cola_opt.llm.checkpoint as checkpoint
+from cola_opt.llm import checkpoint
 from cola_opt.llm.checkpoint import (
     find_checkpoint,
     frozen_fingerprint,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import cola_opt.llm.trainer as trainer
 from cola_opt.cli import main
+from cola_opt.llm import trainer
 from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.grid import GridConfig, Run, choose_lrs, method_changes, read_records, run_grid
 from cola_opt.llm.report import paired_tests, results_table

@@ -19,10 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import cola_opt.llm.checkpoint as checkpoint
-import cola_opt.llm.trainer as trainer
 from cola_opt.cli import main
 from cola_opt.guard import NonFiniteError
+from cola_opt.llm import checkpoint, trainer
 from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.trainer import finetune
 

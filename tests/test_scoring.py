@@ -1,9 +1,9 @@
 """Candidate scoring: the fast single-token path and the general path agree with a plain loop."""
 
 import torch
+from conftest import tiny_llama
 
 from cola_opt.llm.scoring import Encoded, _sequence_scores, candidate_scores, classification_loss, evaluate
-from conftest import tiny_llama
 
 
 def _manual(model, e):

@@ -71,7 +71,7 @@ def test_rank_r_lmo_matches_best_rank_r_solution(m, n, r, tau, c, seed):
     assert numerical_rank(V) <= r
     assert np.linalg.svd(V, compute_uv=False).sum() <= tau * (1 + 1e-9)
     # no random feasible rank-r point does better on the oracle's objective
-    obj = lambda Y: np.vdot(G, Y - X) + 0.5 * c * np.sum((Y - X) ** 2)  # noqa: E731
+    obj = lambda Y: np.vdot(G, Y - X) + 0.5 * c * np.sum((Y - X) ** 2)
     for _ in range(5):
         Y = rng.standard_normal((m, r)) @ rng.standard_normal((r, n))
         Y *= rng.uniform(0, 1) * tau / np.linalg.svd(Y, compute_uv=False).sum()

@@ -20,7 +20,7 @@ from ..schedules import uniform_knots, validate_knots
 from .lora import LoraSettings
 from .tasks import get_task
 
-__all__ = ["FinetuneConfig", "METHODS", "RESUME_MODES", "RESUMABLE_CHANGES", "plan_steps"]
+__all__ = ["METHODS", "RESUMABLE_CHANGES", "RESUME_MODES", "FinetuneConfig", "plan_steps"]
 
 METHODS = ("zero-shot", "lora", "cola", "full")
 RESUME_MODES = ("auto", "require", "never")

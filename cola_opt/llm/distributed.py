@@ -26,7 +26,7 @@ from torch import nn
 
 from ..core import KnotRecord, ResidualLowRankOptimizer
 
-__all__ = ["uses_fsdp1", "full_parameters", "advance_chain"]
+__all__ = ["advance_chain", "full_parameters", "uses_fsdp1"]
 
 
 def uses_fsdp1(model: nn.Module) -> bool:

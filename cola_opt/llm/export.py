@@ -29,7 +29,7 @@ from torch import nn
 from ..atomic import atomic_directory
 from ..core import ResidualLowRankOptimizer
 
-__all__ = ["CHAIN_RECORD_FILE", "chain_record", "export_merged", "LinkAdapterWriter"]
+__all__ = ["CHAIN_RECORD_FILE", "LinkAdapterWriter", "chain_record", "export_merged"]
 
 CHAIN_RECORD_FILE = "chain.json"
 

@@ -44,7 +44,7 @@ from .config import FinetuneConfig, plan_steps
 from .lora import check_targets
 from .tasks import Splits, get_task, sample_splits
 
-__all__ = ["GridConfig", "Run", "method_changes", "choose_lrs", "read_records", "run_grid", "PAPER_LRS", "ALL_TASKS"]
+__all__ = ["ALL_TASKS", "PAPER_LRS", "GridConfig", "Run", "choose_lrs", "method_changes", "read_records", "run_grid"]
 
 PAPER_LRS = (1e-3, 8e-4, 5e-4, 1e-4, 5e-5)
 ALL_TASKS = ("sst2", "rte", "cb", "wic", "wsc", "boolq", "multirc")

@@ -25,8 +25,8 @@ import torch
 from transformers import TrainerCallback
 
 from ..core import ResidualLowRankOptimizer
-from ..reset import make_reset_policy
 from ..guard import NonFiniteGuard
+from ..reset import make_reset_policy
 from ..schedules import uniform_knots, validate_knots
 from .distributed import advance_chain, full_parameters
 from .lora import lora_sites

@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-__all__ = ["BUILTIN_MODELS", "ModelLoadError", "cache_dir", "builtin_model_dir", "resolve_model_dir", "load_model"]
+__all__ = ["BUILTIN_MODELS", "ModelLoadError", "builtin_model_dir", "cache_dir", "load_model", "resolve_model_dir"]
 
 
 class ModelLoadError(RuntimeError):

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..atomic import atomic_save_json, atomic_write
 
-__all__ = ["TASK_NAMES", "method_label", "cell_values", "results_table", "paired_tests", "plot_bars", "write_report"]
+__all__ = ["TASK_NAMES", "cell_values", "method_label", "paired_tests", "plot_bars", "results_table", "write_report"]
 
 TASK_NAMES = {"sst2": "SST-2", "rte": "RTE", "cb": "CB", "wic": "WiC", "wsc": "WSC", "boolq": "BoolQ",
               "multirc": "MultiRC"}

@@ -34,7 +34,7 @@ from .checkpoint import (
 )
 from .config import RESUMABLE_CHANGES, FinetuneConfig
 
-__all__ = ["resume_point", "run_fingerprint", "RunCheckpoints", "stopped_error"]
+__all__ = ["RunCheckpoints", "resume_point", "run_fingerprint", "stopped_error"]
 
 
 def resume_point(cfg: FinetuneConfig, run_dir: Path) -> Path | None:

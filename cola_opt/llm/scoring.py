@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .tasks import Example
 
-__all__ = ["Encoded", "encode_examples", "candidate_scores", "classification_loss", "evaluate", "autocast_context"]
+__all__ = ["Encoded", "autocast_context", "candidate_scores", "classification_loss", "encode_examples", "evaluate"]
 
 
 @dataclass(frozen=True)

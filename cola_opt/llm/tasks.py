@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Example", "Task", "TASKS", "get_task", "resolve_data_dir", "read_split", "Splits", "sample_splits"]
+__all__ = ["TASKS", "Example", "Splits", "Task", "get_task", "read_split", "resolve_data_dir", "sample_splits"]
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from .resume import RunCheckpoints, resume_point, run_fingerprint, stopped_error
 from .scoring import autocast_context, candidate_scores, classification_loss, encode_examples, evaluate
 from .tasks import Splits, get_task, sample_splits
 
-__all__ = ["finetune", "compare", "resolve_device", "majority_accuracy", "run_dir_of"]
+__all__ = ["compare", "finetune", "majority_accuracy", "resolve_device", "run_dir_of"]
 
 
 def resolve_device(device: str) -> str:
