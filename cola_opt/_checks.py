@@ -87,3 +87,24 @@ def finite_array(a, name: str) -> None:
     where = tuple(int(i) for i in np.argwhere(bad)[0])
     raise ValueError(f"{name} has {int(bad.sum())} non-finite entries (NaN or inf): the first is "
                      f"{float(arr[where])} at index {where}")
+
+
+def real_array(x, name: str) -> torch.Tensor | np.ndarray:
+    """``x`` as real numbers: a detached tensor if it is one, else a float64 numpy array.
+
+    Finiteness is not checked here (see :func:`finite_array`), since callers cast first.
+
+    Raises:
+        ValueError: naming ``name``, if ``x`` is complex or not a numeric array.
+    """
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise ValueError(f"{name} must be real, got dtype {x.dtype}")
+        return x.detach()
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} is not a numeric array ({err})") from None
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be an array of real numbers, got dtype {a.dtype}")
+    return a.astype(np.float64)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
-from ._checks import finite_array, real
+from ._checks import finite_array, real, real_array
 
 __all__ = [
     "CauchyCompletion",
@@ -52,18 +52,9 @@ def _data(x, name: str, who: str) -> np.ndarray:
     Raises:
         ValueError: naming ``who`` and ``name``, on anything else.
     """
-    if isinstance(x, torch.Tensor):
-        if x.is_complex():
-            raise ValueError(f"{who}: {name} must be real, got dtype {x.dtype}")
-        a = x.detach().cpu().double().numpy()
-    else:
-        try:
-            a = np.asarray(x)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{who}: {name} is not a numeric array ({err})") from None
-        if a.dtype.kind not in "biuf":
-            raise ValueError(f"{who}: {name} must be an array of real numbers, got dtype {a.dtype}")
-        a = np.asarray(a, dtype=np.float64)
+    a = real_array(x, f"{who}: {name}")
+    if isinstance(a, torch.Tensor):
+        a = a.cpu().double().numpy()
     finite_array(a, f"{who}: {name}")
     return a
 

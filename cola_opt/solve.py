@@ -39,7 +39,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._checks import choice, finite_array, integer, real
+from ._checks import choice, finite_array, integer, real, real_array
 from .active_set import ActiveSet
 from .core import ResidualLowRankOptimizer
 from .objectives import Objective
@@ -78,19 +78,7 @@ def _start_weight(x0, shape: tuple[int, int]) -> torch.Tensor:
     """``x0`` as a fresh ``(m, n)`` float32 tensor with finite entries (zeros if None)."""
     if x0 is None:
         return torch.zeros(shape, dtype=torch.float32)
-    if isinstance(x0, torch.Tensor):
-        W = x0.detach()
-    else:
-        try:
-            a = np.asarray(x0)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"x0 is not a numeric array ({err})") from None
-        if a.dtype.kind not in "biuf":
-            raise ValueError(f"x0 must hold real numbers, got dtype {a.dtype}")
-        W = torch.as_tensor(a)
-    if W.is_complex():
-        raise ValueError(f"x0 must hold real numbers, got dtype {W.dtype}")
-    W = W.to(torch.float32).clone()
+    W = torch.as_tensor(real_array(x0, "x0")).to(torch.float32).clone()
     if tuple(W.shape) != shape:
         raise ValueError(f"x0 has shape {tuple(W.shape)}, the objective wants {shape}")
     finite_array(W, "x0 (as float32)")
