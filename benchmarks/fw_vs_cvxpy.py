@@ -13,7 +13,7 @@ For each small ``n`` (default 20, 50, 100, 200), on the same instance:
 
 ``f*_lo`` is a *certified* lower bound: the largest ``f(x) - g(x)`` (FW gap) seen at any
 feasible point, from the refined FW run (run first, to a certified gap of ``1e-6 f``) and
-from the solvers' answers (:func:`cola_opt.reference.certify`). A method "reaches 1e-3"
+from the solvers' answers (:func:`cola_opt.objectives.reference.certify`). A method "reaches 1e-3"
 when ``(f - f*_lo) / f*_lo <= 1e-3``, which implies the true relative gap is ``<= 1e-3``.
 
 For each large ``n`` (default 1000, 2000, 5000): vanilla FW's time per iteration and peak
@@ -52,7 +52,7 @@ def _rss_mb() -> float:
 
 
 def instance(n: int, tau_ratio: float, seed: int):
-    from cola_opt import problems
+    from cola_opt.objectives import problems
 
     return problems.matrix_completion(n, rank=5, fraction=0.2, noise=0.1, tau_ratio=tau_ratio, seed=seed)
 
@@ -65,11 +65,11 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     warnings.filterwarnings("ignore")
-    from cola_opt.reference import certify
-    from cola_opt.refine import FactorRefinement
-    from cola_opt.sets import NuclearBall
-    from cola_opt.solve import minimize
-    from cola_opt.step_sizes import ExactLineSearch, OpenLoop
+    from cola_opt.objectives.reference import certify
+    from cola_opt.fw.refine import FactorRefinement
+    from cola_opt.fw.sets import NuclearBall
+    from cola_opt.fw.solver import minimize
+    from cola_opt.fw.step_sizes import ExactLineSearch, OpenLoop
 
     if spec["method"] in ("SCS", "CLARABEL"):
         import cvxpy  # noqa: F401

@@ -6,7 +6,7 @@ interleaves the workers one step at a time, rotating their order every round, so
 change in the machine's load hits all three alike; only one worker computes at a time.
 
 - **COLA**: PEFT LoRA (r=8, alpha=16, q_proj and v_proj) driven by
-  :class:`cola_opt.core.ResidualLowRankOptimizer` (AdamW inside) with two knots during
+  :class:`cola_opt.chain.optimizer.ResidualLowRankOptimizer` (AdamW inside) with two knots during
   the measured steps (chain length 3); a knot's own time is the chain's
   ``KnotRecord.seconds``.
 - **LoRA**: the same PEFT LoRA and a plain ``torch.optim.AdamW`` loop.
@@ -73,7 +73,7 @@ def _worker(args) -> None:
     if args.worker == "full":
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
     else:
-        from cola_opt.core import ResidualLowRankOptimizer
+        from cola_opt.chain.optimizer import ResidualLowRankOptimizer
         from cola_opt.llm.lora import LoraSettings, inject_lora, lora_sites
 
         model = inject_lora(model, LoraSettings(r=8, lora_alpha=16, target_modules=("q_proj", "v_proj")))

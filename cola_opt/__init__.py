@@ -9,12 +9,12 @@ if "torch" not in _sys.modules:
     # costs nothing on an idle machine. Set OMP_WAIT_POLICY yourself to override.
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .core import KnotRecord, NonFiniteUpdateError, ResidualLowRankOptimizer
-from .reset import FullReset, KeepState, PruneState, ResetPolicy, make_reset_policy
-from .result import Result, Trace
-from .schedules import epoch_knots, step_down_ranks, uniform_knots, validate_knots
-from .sites import Site, TensorSite, reinit_factors_
-from .solve import ChainSolver, minimize
+from .chain.optimizer import KnotRecord, NonFiniteUpdateError, ResidualLowRankOptimizer
+from .chain.reset import FullReset, KeepState, PruneState, ResetPolicy, make_reset_policy
+from .chain.schedules import epoch_knots, step_down_ranks, uniform_knots, validate_knots
+from .chain.sites import Site, TensorSite, reinit_factors_
+from .fw.result import Result, Trace
+from .fw.solver import ChainSolver, minimize
 
 __version__ = "0.1.0"
 

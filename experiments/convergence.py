@@ -1,6 +1,6 @@
 """Convergence study: LoRA, COLA, Frank-Wolfe and full-rank gradient descent on one problem.
 
-Every method is a setting of the one chain loop (:func:`cola_opt.solve.minimize`):
+Every method is a setting of the one chain loop (:func:`cola_opt.fw.solver.minimize`):
 
 * FW, open loop ``2/(t+2)`` and exact line search, and FW + factor refinement
   (exact LMO, nuclear ball of radius ``tau``);
@@ -38,14 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from tqdm import tqdm
 
-from cola_opt import problems
+from cola_opt.objectives import problems
 from cola_opt.atomic import atomic_save_json, atomic_write
-from cola_opt.bounds import fw_min_gap_bound, fw_primal_bound, nuclear_diameter
-from cola_opt.oracles import InexactOracle
-from cola_opt.refine import FactorRefinement
-from cola_opt.sets import NuclearBall, Unconstrained
-from cola_opt.solve import minimize
-from cola_opt.step_sizes import ExactLineSearch, OpenLoop
+from cola_opt.fw.bounds import fw_min_gap_bound, fw_primal_bound, nuclear_diameter
+from cola_opt.fw.oracles import InexactOracle
+from cola_opt.fw.refine import FactorRefinement
+from cola_opt.fw.sets import NuclearBall, Unconstrained
+from cola_opt.fw.solver import minimize
+from cola_opt.fw.step_sizes import ExactLineSearch, OpenLoop
 
 
 def _save_png(fig, path: Path) -> None:

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 try:
-    from cola_opt.cli import main
+    from cola_opt.llm.cli import main
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from cola_opt.cli import main
+    from cola_opt.llm.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["grid", *sys.argv[1:]]))

@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cola_opt.core import ResidualLowRankOptimizer
-from cola_opt.sites import TensorSite
+from cola_opt.chain.optimizer import ResidualLowRankOptimizer
+from cola_opt.chain.sites import TensorSite
 
 from .common import Tracker, check_broken
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cola_opt.sets import LMOAnswer, NuclearBall
-from cola_opt.spectral import top_singular
+from cola_opt.fw.sets import LMOAnswer, NuclearBall
+from cola_opt.fw.spectral import top_singular
 
 __all__ = ["SLACK", "ClaimResult", "DoubleAtomBall", "FlippedBall", "Tracker", "fstar_bounds"]
 
@@ -124,10 +124,10 @@ def fstar_bounds(problem, traces=()) -> tuple[float, float]:
     """Certified ``(lower, upper)`` bounds on ``f*`` of a convex nuclear-ball problem.
 
     cvxpy (CLARABEL up to 20 x 20, SCS above) gives a feasible point and a gap
-    certificate (:func:`cola_opt.reference.reference_optimum`); every traced iterate
+    certificate (:func:`cola_opt.objectives.reference.reference_optimum`); every traced iterate
     adds ``f(x_t) - g_t`` to the lower and ``f(x_t)`` to the upper side.
     """
-    from cola_opt.reference import reference_optimum
+    from cola_opt.objectives.reference import reference_optimum
 
     m, n = problem.objective.shape
     solver = "CLARABEL" if max(m, n) <= 20 else "SCS"

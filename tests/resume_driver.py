@@ -24,12 +24,12 @@ import torch
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
 
-from cola_opt.cli import main
+from cola_opt.llm.cli import main
 from cola_opt.llm import (
     checkpoint,
     trainer,
 )
-from cola_opt.sites import Site
+from cola_opt.chain.sites import Site
 
 
 def _pause(what: str, until=lambda: False) -> None:

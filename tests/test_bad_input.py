@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cola_opt import NonFiniteUpdateError, ResidualLowRankOptimizer, TensorSite
-from cola_opt.cli import main
+from cola_opt.llm.cli import main
 from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.grid import GridConfig, run_grid
 from cola_opt.llm.lora import LoraSettings

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cola_opt import ResidualLowRankOptimizer
-from cola_opt.guard import NonFiniteGuard
+from cola_opt.llm.guard import NonFiniteGuard
 from cola_opt.llm.lora import LoraSettings, inject_lora, lora_sites
 
 pytestmark = pytest.mark.slow  # 2 spawned processes each; about 15 s per test on 2 cores
@@ -37,7 +37,7 @@ def _batch(step, rank=0, world=1):
 
 
 def _flat(model):
-    from cola_opt.sites import full_tensor
+    from cola_opt.chain.sites import full_tensor
 
     return torch.cat([full_tensor(p.detach()).flatten() for p in model.parameters()])
 
@@ -80,12 +80,12 @@ def _worker(rank, world, port, mode, out):
         merged_exactly = []
 
         def before(chain, _):
-            from cola_opt.sites import full_tensor
+            from cola_opt.chain.sites import full_tensor
 
             chain._probe = [(full_tensor(s.weight.detach()).clone(), s.delta()) for s in chain.sites]
 
         def after(chain, _):
-            from cola_opt.sites import full_tensor
+            from cola_opt.chain.sites import full_tensor
 
             merged_exactly.append(all(torch.equal(full_tensor(s.weight.detach()), w + d)
                                       for s, (w, d) in zip(chain.sites, chain._probe)))
@@ -128,7 +128,7 @@ def _worker(rank, world, port, mode, out):
 def _overflow_on_one_shard(chain, sites, rank):
     """An update that overflows fp32 on rank 1's shard only: both processes must refuse the knot."""
     from cola_opt import NonFiniteUpdateError
-    from cola_opt.sites import local_part
+    from cola_opt.chain.sites import local_part
 
     site = sites[0]
     # delta = scaling * sum_k B_ik A_kj = 2 * 4 * 1e18 * 1.25e19 = 1e38 everywhere: finite

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from cola_opt import ResidualLowRankOptimizer
 from cola_opt.llm.export import CHAIN_RECORD_FILE, LinkAdapterWriter, export_merged
 from cola_opt.llm.lora import LoraSettings, inject_lora, lora_sites
-from cola_opt.lr_schedules import linear_schedule
+from cola_opt.chain.lr_schedules import linear_schedule
 
 
 def _tiny_llama():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cola_opt.cli import main
+from cola_opt.llm.cli import main
 from cola_opt.llm import trainer
 from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.grid import GridConfig, Run, choose_lrs, method_changes, read_records, run_grid

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cola_opt import NonFiniteUpdateError, ResidualLowRankOptimizer, TensorSite
-from cola_opt.guard import NonFiniteError, NonFiniteGuard
+from cola_opt.llm.guard import NonFiniteError, NonFiniteGuard
 
 
 # ------------------------------------------------------------------ the guard

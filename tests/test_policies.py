@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from cola_opt import ResidualLowRankOptimizer, TensorSite
-from cola_opt.lr_schedules import (
+from cola_opt.chain.lr_schedules import (
     jagged_cosine_factor,
     jagged_cosine_schedule,
     linear_factor,
     linear_schedule,
 )
-from cola_opt.reset import PruneState, make_reset_policy
+from cola_opt.chain.reset import PruneState, make_reset_policy
 
 
 def _chain(reset, m=80, n=60, r=16):

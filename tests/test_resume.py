@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cola_opt.cli import main
-from cola_opt.guard import NonFiniteError
+from cola_opt.llm.cli import main
+from cola_opt.llm.guard import NonFiniteError
 from cola_opt.llm import checkpoint, trainer
 from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.trainer import finetune

@@ -1,6 +1,6 @@
 import pytest
 
-from cola_opt.schedules import epoch_knots, step_down_ranks, uniform_knots, validate_knots
+from cola_opt.chain.schedules import epoch_knots, step_down_ranks, uniform_knots, validate_knots
 
 
 def test_uniform_knots_split_evenly():

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from cola_opt.core import NonFiniteUpdateError, ResidualLowRankOptimizer
-from cola_opt.oracles import FrozenFactors
-from cola_opt.sites import TensorSite
+from cola_opt.chain.optimizer import NonFiniteUpdateError, ResidualLowRankOptimizer
+from cola_opt.fw.oracles import FrozenFactors
+from cola_opt.chain.sites import TensorSite
 
 torch.set_num_threads(1)
 

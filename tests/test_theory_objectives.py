@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cola_opt import problems
+from cola_opt.objectives import problems
 from cola_opt.objectives import MatrixCompletion, MatrixLeastSquares, MultiResponseLogistic
 
 torch.set_num_threads(1)

@@ -8,14 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cola_opt import problems
-from cola_opt.oracles import BlockLMO, ExactLMO, InexactOracle
-from cola_opt.reference import certify, reference_optimum
-from cola_opt.refine import FactorRefinement
-from cola_opt.sets import NuclearBall, Unconstrained
-from cola_opt.sites import TensorSite
-from cola_opt.solve import ChainSolver, minimize
-from cola_opt.step_sizes import Backtracking, Constant, ExactLineSearch, OpenLoop
+from cola_opt.objectives import problems
+from cola_opt.fw.oracles import BlockLMO, ExactLMO, InexactOracle
+from cola_opt.objectives.reference import certify, reference_optimum
+from cola_opt.fw.refine import FactorRefinement
+from cola_opt.fw.sets import NuclearBall, Unconstrained
+from cola_opt.chain.sites import TensorSite
+from cola_opt.fw.solver import ChainSolver, minimize
+from cola_opt.fw.step_sizes import Backtracking, Constant, ExactLineSearch, OpenLoop
 
 torch.set_num_threads(1)
 FEW = settings(max_examples=12, deadline=None)
@@ -98,7 +98,7 @@ def test_rank_of_residual_is_at_most_links_times_rank(m, n, r, seed, exact):
 @given(m=st.integers(1, 12), n=st.integers(1, 12), r=st.integers(1, 4), alpha=st.sampled_from([None, 1.0, 16.0]),
        seed=st.integers(0, 10_000))
 def test_knot_keeps_a_small_torch_models_function(m, n, r, alpha, seed):
-    from cola_opt.core import ResidualLowRankOptimizer
+    from cola_opt.chain.optimizer import ResidualLowRankOptimizer
 
     r = min(r, m, n)
     g = torch.Generator().manual_seed(seed)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from cola_opt.cli import main
+from cola_opt.llm.cli import main
 from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.trainer import compare, finetune
 

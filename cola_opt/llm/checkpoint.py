@@ -113,7 +113,7 @@ def changing_parameters(model: nn.Module, chain) -> dict[str, nn.Parameter]:
 
     Args:
         model: the trained module (a ``PeftModel`` for LoRA methods).
-        chain: a :class:`cola_opt.core.ResidualLowRankOptimizer`, or anything without
+        chain: a :class:`cola_opt.chain.optimizer.ResidualLowRankOptimizer`, or anything without
             ``sites`` (full fine-tuning).
     """
     site_ptrs = {s.weight.data_ptr() for s in getattr(chain, "sites", ())}

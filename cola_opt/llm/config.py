@@ -1,6 +1,6 @@
 """The fine-tuning configuration: one typed dataclass, mapped one to one onto the CLI.
 
-Each field carries its help text and unit in ``metadata``; :mod:`cola_opt.cli`
+Each field carries its help text and unit in ``metadata``; :mod:`cola_opt.llm.cli`
 builds its options from them, so the two cannot drift apart.
 """
 
@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._checks import integer, real
-from ..guard import GUARD_POLICIES
-from ..reset import make_reset_policy
-from ..schedules import uniform_knots, validate_knots
+from ..chain.reset import make_reset_policy
+from ..chain.schedules import uniform_knots, validate_knots
+from ..checks import integer, real
+from .guard import GUARD_POLICIES
 from .lora import LoraSettings
 from .tasks import get_task
 

@@ -9,7 +9,7 @@
 - **FSDP2** (``torch.distributed.fsdp.fully_shard``): parameters are ``DTensor`` shards.
   The sites all-gather the factors, form the full fp32 update, check the whole merged
   weight for finiteness, and add each process's slice to its shard
-  (:mod:`cola_opt.sites`). Build the chain *after* ``fully_shard`` (it replaces the
+  (:mod:`cola_opt.chain.sites`). Build the chain *after* ``fully_shard`` (it replaces the
   Parameters). Runs on CPU with gloo, so it is tested here.
 - **FSDP1** (``FullyShardedDataParallel``, ``use_orig_params=True``): outside forward
   a parameter is a flat shard, so build the chain and tie every knot inside
@@ -24,7 +24,7 @@ import contextlib
 
 from torch import nn
 
-from ..core import KnotRecord, ResidualLowRankOptimizer
+from ..chain.optimizer import KnotRecord, ResidualLowRankOptimizer
 
 __all__ = ["advance_chain", "full_parameters", "uses_fsdp1"]
 
@@ -43,7 +43,7 @@ def full_parameters(model: nn.Module) -> contextlib.AbstractContextManager:
 
     FSDP1: ``FullyShardedDataParallel.summon_full_params(model, writeback=True)`` (a
     collective: every process enters it). DDP, FSDP2 and single-process models: a no-op
-    (FSDP2 shards are merged through ``DTensor``, see :mod:`cola_opt.sites`).
+    (FSDP2 shards are merged through ``DTensor``, see :mod:`cola_opt.chain.sites`).
     """
     if uses_fsdp1(model):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_directory
-from ..core import ResidualLowRankOptimizer
+from ..chain.optimizer import ResidualLowRankOptimizer
 
 __all__ = ["CHAIN_RECORD_FILE", "LinkAdapterWriter", "chain_record", "export_merged"]
 
@@ -42,7 +42,7 @@ def chain_record(chain: ResidualLowRankOptimizer) -> dict[str, Any]:
     ``ranks`` (per link of the schedule); ``step_size`` (per link); ``shrink``;
     ``reset``; ``seed``; ``lr`` (``initial``: each inner param group's base LR, from the
     scheduler's ``initial_lr`` if one is attached, and ``current``); ``knots`` (one
-    :class:`cola_opt.core.KnotRecord` per knot tied: link, step, seconds, rank, LR per
+    :class:`cola_opt.chain.optimizer.KnotRecord` per knot tied: link, step, seconds, rank, LR per
     group, largest merged entry); ``sites`` (name, ``(m, n)``, dtype, scaling,
     ``fp32_master``).
     """
@@ -112,7 +112,7 @@ def export_merged(
 
     Raises:
         ValueError: if the chain's sites are not layers of ``peft_model``.
-        cola_opt.core.NonFiniteUpdateError: if the last link is not finite; nothing is
+        cola_opt.chain.optimizer.NonFiniteUpdateError: if the last link is not finite; nothing is
             written and the model is unchanged.
     """
     _check_same_model(chain, peft_model)

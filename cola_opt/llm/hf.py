@@ -1,7 +1,7 @@
 """COLA inside a Hugging Face ``transformers.Trainer``.
 
 :class:`ColaCallback` turns the Trainer's LoRA fine-tuning of a ``PeftModel`` into a
-chain: when training begins it builds a :class:`cola_opt.core.ResidualLowRankOptimizer`
+chain: when training begins it builds a :class:`cola_opt.chain.optimizer.ResidualLowRankOptimizer`
 around the Trainer's own optimizer (so the Trainer's LR scheduler, gradient
 accumulation, clipping, mixed precision and DDP all stay as they are), and after every
 optimizer step it calls ``chain.advance()``, which ties a knot at the scheduled steps:
@@ -24,11 +24,11 @@ from collections.abc import Sequence
 import torch
 from transformers import TrainerCallback
 
-from ..core import ResidualLowRankOptimizer
-from ..guard import NonFiniteGuard
-from ..reset import make_reset_policy
-from ..schedules import uniform_knots, validate_knots
+from ..chain.optimizer import ResidualLowRankOptimizer
+from ..chain.reset import make_reset_policy
+from ..chain.schedules import uniform_knots, validate_knots
 from .distributed import advance_chain, full_parameters
+from .guard import NonFiniteGuard
 from .lora import lora_sites
 
 __all__ = ["ColaCallback", "unwrap_optimizer"]
@@ -45,7 +45,7 @@ class ColaCallback(TrainerCallback):
     """A ``TrainerCallback`` that runs COLA on the Trainer's ``PeftModel``.
 
     Give either ``knot_steps`` or ``chain_length`` (knots spread evenly over the run's
-    ``max_steps``, :func:`cola_opt.schedules.uniform_knots`).
+    ``max_steps``, :func:`cola_opt.chain.schedules.uniform_knots`).
 
     Args:
         knot_steps: optimizer steps (1-based, as ``global_step``) after which a knot is
@@ -57,9 +57,9 @@ class ColaCallback(TrainerCallback):
             ``"prune:<ratio>"`` or ``"prune:<ratio>:random"`` (ReLoRA).
         seed: seeds each link's fresh ``A`` (the same on every process).
         fp32_master: keep an fp32 master copy of every adapted weight (for bf16/fp16
-            bases; see :class:`cola_opt.sites.Site`).
+            bases; see :class:`cola_opt.chain.sites.Site`).
         adapter: the PEFT adapter name.
-        guard: ``"skip"`` or ``"stop"`` (a :class:`cola_opt.guard.NonFiniteGuard`), or a
+        guard: ``"skip"`` or ``"stop"`` (a :class:`cola_opt.llm.guard.NonFiniteGuard`), or a
             guard: checks the gradients before every optimizer step; ``"skip"`` drops
             the step's update (gradients set to ``None``), ``"stop"`` raises.
         link_adapters_dir: if given, every link is saved there as a PEFT adapter just

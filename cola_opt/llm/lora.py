@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._checks import real
-from ..sites import Site
+from ..chain.sites import Site
+from ..checks import real
 
 __all__ = ["LoraSettings", "LoraSite", "check_targets", "inject_lora", "lora_sites", "matching_modules"]
 
@@ -82,7 +82,7 @@ def _storage_key(p: torch.Tensor) -> object:
     """Equal for two parameters that share memory (tied weights are one Parameter under
     two names). Meta tensors (a model built without weights) all have address 0 and
     sharded DTensors have no single address, so those are keyed by identity."""
-    from ..sites import is_sharded
+    from ..chain.sites import is_sharded
 
     return id(p) if p.is_meta or is_sharded(p) else (p.device, p.data_ptr())
 
@@ -194,7 +194,7 @@ class LoraSite(Site):
         layer: a ``peft.tuners.lora.LoraLayer`` (Linear or Conv1D based).
         name: the module's qualified name.
         adapter: the adapter name.
-        keep_initial, fp32_master: as in :class:`cola_opt.sites.Site`.
+        keep_initial, fp32_master: as in :class:`cola_opt.chain.sites.Site`.
 
     Raises:
         ValueError: if ``layer`` has no adapter ``adapter``, uses DoRA (whose magnitude

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..guard import NonFiniteError, NonFiniteGuard
 from .checkpoint import (
     CHECKPOINT_DIR,
     checkpoint_bytes,
@@ -33,6 +32,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .config import RESUMABLE_CHANGES, FinetuneConfig
+from .guard import NonFiniteError, NonFiniteGuard
 
 __all__ = ["RunCheckpoints", "resume_point", "run_fingerprint", "stopped_error"]
 

@@ -1,11 +1,11 @@
 """The fine-tuning loop: one method, or zero-shot vs LoRA vs COLA on the same data.
 
 The loop reads top to bottom: sample data, load the model, inject LoRA through PEFT,
-wrap AdamW in a :class:`~cola_opt.core.ResidualLowRankOptimizer` whose knots are the
+wrap AdamW in a :class:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer` whose knots are the
 chain, train as classification with a linear LR schedule, evaluate on dev each
 epoch and on test at the end, export if asked, and write ``results.json``.
 
-Each step checks the loss and gradients (:class:`~cola_opt.guard.NonFiniteGuard`:
+Each step checks the loss and gradients (:class:`~cola_opt.llm.guard.NonFiniteGuard`:
 stop or skip) and, every ``checkpoint_every`` steps, writes a crash-safe checkpoint
 from which a later call resumes (:mod:`cola_opt.llm.resume`, ``docs/robustness.md``).
 """
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_directory, atomic_save_json
-from ..core import ResidualLowRankOptimizer
-from ..guard import NonFiniteError, NonFiniteGuard
+from ..chain.optimizer import ResidualLowRankOptimizer
 from .checkpoint import CHECKPOINT_DIR, DeferredInterrupt, capture_rng, config_differences, remove_checkpoints, run_lock
 from .config import RESUMABLE_CHANGES, FinetuneConfig, plan_steps
 from .export import LinkAdapterWriter, export_merged
+from .guard import NonFiniteError, NonFiniteGuard
 from .lora import check_targets, inject_lora, lora_sites
 from .models import load_model
 from .resume import RunCheckpoints, resume_point, run_fingerprint, stopped_error
@@ -113,7 +113,7 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
             before any training.
         RuntimeError: another process is training in the same run folder.
         cola_opt.llm.models.ModelLoadError: the model cannot be loaded.
-        cola_opt.guard.NonFiniteError: a NaN or inf loss or gradient with
+        cola_opt.llm.guard.NonFiniteError: a NaN or inf loss or gradient with
             ``nonfinite="stop"``; the last finite step is checkpointed first (if on).
         KeyboardInterrupt: Ctrl-C or SIGTERM; with checkpoints on, the first one ends the
             current step and writes a checkpoint first.

@@ -16,16 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._checks import integer, real
-from .objectives import (
-    CauchyCompletion,
-    IndefiniteLeastSquares,
-    MatrixCompletion,
-    MatrixLeastSquares,
-    MatrixSensing,
-    MultiResponseLogistic,
-    Objective,
-)
+from ..checks import integer, real
+from .base import Objective
+from .completion import CauchyCompletion, MatrixCompletion
+from .smooth import IndefiniteLeastSquares, MatrixLeastSquares, MatrixSensing, MultiResponseLogistic
 
 __all__ = [
     "Problem",

@@ -48,7 +48,7 @@ def _optional(kind):
 
 
 def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    from .llm.config import FinetuneConfig
+    from .config import FinetuneConfig
 
     hints = typing.get_type_hints(FinetuneConfig)
     for f in dataclasses.fields(FinetuneConfig):
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_grid_parser(sub) -> None:
-    from .llm.grid import ALL_TASKS, DEFAULT_METHODS
+    from .grid import ALL_TASKS, DEFAULT_METHODS
 
     gr = sub.add_parser(
         "grid",
@@ -121,7 +121,7 @@ _GRID_PER_RUN = ("task", "method", "seed", "lr", "chain_length", "knot_steps", "
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`FinetuneConfig` that parsed arguments describe."""
-    from .llm.config import FinetuneConfig
+    from .config import FinetuneConfig
 
     names = {f.name for f in dataclasses.fields(FinetuneConfig)}
     return FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names})
@@ -131,15 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cola-opt``; returns the exit status (2 for bad input)."""
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from transformers/peft
-    from .llm.models import ModelLoadError
-    from .llm.trainer import compare, finetune
+    from .models import ModelLoadError
+    from .trainer import compare, finetune
 
     try:
         cfg = config_from_args(args)
         cfg.validate()
         if args.command == "grid":
-            from .llm.grid import GridConfig, run_grid
-            from .llm.report import write_report  # noqa: F401  (fail here, not after the runs, if missing)
+            from .grid import GridConfig, run_grid
+            from .report import write_report  # noqa: F401  (fail here, not after the runs, if missing)
 
             grid = GridConfig(base=cfg, tasks=args.tasks, methods=args.methods, seeds=args.seeds, lrs=args.lrs,
                               lr_select=args.lr_select, stepdown_at=args.stepdown_at, out=args.out,

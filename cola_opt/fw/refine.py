@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import integer, real
+from ..checks import integer, real
 from .spectral import compress_factors
 
 __all__ = ["FactorRefinement", "RefineInfo"]
@@ -80,7 +80,7 @@ class FactorRefinement:
         """Refine ``X = U diag(c) V^T`` (``sum c <= tau``, unit columns).
 
         Args:
-            model: a :class:`cola_opt.objectives.LowRankModel` (``value``, ``gradient`` of factors).
+            model: a :class:`cola_opt.objectives.base.LowRankModel` (``value``, ``gradient`` of factors).
             U: ``(m, k)``; c: ``(k,)`` ``>= 0``; V: ``(n, k)``; tau: the radius.
 
         Returns:

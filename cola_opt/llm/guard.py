@@ -11,7 +11,7 @@ optimizer step::
     chain.zero_grad()
 
 The knot itself refuses a non-finite merge on its own
-(:class:`cola_opt.core.NonFiniteUpdateError`); this guard stops the bad values one step
+(:class:`cola_opt.chain.optimizer.NonFiniteUpdateError`); this guard stops the bad values one step
 earlier, before they reach the factors or the optimizer's state.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .sites import is_sharded
+from ..chain.sites import is_sharded
 
 __all__ = ["GUARD_POLICIES", "NonFiniteError", "NonFiniteGuard"]
 

@@ -17,7 +17,7 @@
   ``<= tau``: an approximate LMO whose error ``eps_t`` the driver measures (COLA Section 4).
 
 Oracles never touch the weights: exact ones return factors, which the driver merges
-through :meth:`cola_opt.core.ResidualLowRankOptimizer.merge_low_rank`; the inexact one
+through :meth:`cola_opt.chain.optimizer.ResidualLowRankOptimizer.merge_low_rank`; the inexact one
 trains the link in place, and the driver ties the knot.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 
-from ._checks import choice, integer, real
+from ..checks import choice, integer, real
 from .sets import LMOAnswer, NuclearBall
 from .spectral import project_capped_simplex, top_singular
 
@@ -39,7 +39,7 @@ __all__ = ["BlockLMO", "ExactLMO", "FrozenFactors", "InexactOracle", "Oracle"]
 class FrozenFactors:
     """The inner "optimizer" of a chain driven by an exact oracle: it holds the factors, never steps.
 
-    Exact oracles write their answer into the link (:meth:`cola_opt.sites.Site.set_factors`)
+    Exact oracles write their answer into the link (:meth:`cola_opt.chain.sites.Site.set_factors`)
     and the knot merges it; nothing is trained. This stand-in offers what the chain uses
     (``param_groups``, ``state``, ``zero_grad``, ``state_dict``) without constructing a
     ``torch.optim`` optimizer, whose first construction imports ``torch._dynamo``
@@ -85,7 +85,7 @@ class ExactLMO(Oracle):
 
     Args:
         svd: ``"auto"``, ``"dense"``, ``"svds"`` or ``"randomized"``
-            (:func:`cola_opt.spectral.top_singular`).
+            (:func:`cola_opt.fw.spectral.top_singular`).
         warm_start: pass the previous top singular vector to svds.
 
     Raises:

@@ -1,7 +1,7 @@
 """The one chain loop on explicit objectives: :class:`ChainSolver` and :func:`minimize`.
 
-A :class:`ChainSolver` owns one :class:`~cola_opt.sites.TensorSite` over ``W`` and one
-:class:`~cola_opt.core.ResidualLowRankOptimizer`; every change of ``W`` is a knot of that
+A :class:`ChainSolver` owns one :class:`~cola_opt.chain.sites.TensorSite` over ``W`` and one
+:class:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer`; every change of ``W`` is a knot of that
 chain. Link ``t``:
 
 1. *measure* ``f(W_t)``, ``grad f(W_t)`` and the FW gap ``g_t = <G, X_t> - min_S <G, S>``
@@ -12,8 +12,8 @@ chain. Link ``t``:
 3. *step*: the step rule picks ``gamma_t`` on the line ``W_t + gamma d`` with
    ``d = Delta - shrink * X_t``;
 4. *knot*: ``W <- W + gamma_t (Delta - shrink X_t)`` through the chain
-   (:meth:`~cola_opt.core.ResidualLowRankOptimizer.merge_low_rank` or
-   :meth:`~cola_opt.core.ResidualLowRankOptimizer.tie_knot`);
+   (:meth:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer.merge_low_rank` or
+   :meth:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer.tie_knot`);
 5. optionally *refine* the factors of ``X`` and merge the refined ``X`` by one more knot
    (``step_size = 1, shrink = 1``).
 
@@ -39,15 +39,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._checks import choice, finite_array, integer, real, real_array
+from ..chain.optimizer import ResidualLowRankOptimizer
+from ..chain.sites import TensorSite
+from ..checks import choice, finite_array, integer, real, real_array
+from ..objectives.base import Objective
 from .active_set import ActiveSet
-from .core import ResidualLowRankOptimizer
-from .objectives import Objective
 from .oracles import _SVD_METHODS, BlockLMO, ExactLMO, InexactOracle, Oracle
 from .refine import FactorRefinement
 from .result import Result, Trace, TraceRow
 from .sets import ConstraintSet, NuclearBall, Unconstrained
-from .sites import TensorSite
 from .spectral import compress_factors, numerical_rank
 from .step_sizes import Constant, ExactLineSearch, Line, OpenLoop, ShortStep, make_step_rule
 
@@ -131,11 +131,11 @@ class ChainSolver:
     """The chain loop over one matrix variable; see the module notes. Resumable.
 
     Args:
-        objective: an :class:`~cola_opt.objectives.Objective`.
+        objective: an :class:`~cola_opt.objectives.base.Objective`.
         x0: the start ``W0`` (``(m, n)`` tensor or array); zeros if None. ``W`` is kept in
             float32 (the chain merges in float32).
         oracle: :class:`ExactLMO` (default), :class:`BlockLMO` or :class:`InexactOracle`.
-        step_size: a :class:`~cola_opt.step_sizes.StepRule`, a number, or a name; default
+        step_size: a :class:`~cola_opt.fw.step_sizes.StepRule`, a number, or a name; default
             open loop ``2/(t+2)`` on a constraint set, ``Constant(1)`` without one.
         constraint: the set of the residual ``X = W - W0``; default ``Unconstrained()``.
         variant: ``"vanilla"``, ``"away"`` or ``"pairwise"`` (the last two need ExactLMO).
@@ -452,7 +452,7 @@ def minimize(objective: Objective, x0=None, *, oracle: Oracle | None = None, ste
     """Minimize ``objective`` over ``W0 + constraint`` with the chain loop; see :class:`ChainSolver`.
 
     Returns:
-        a :class:`~cola_opt.result.Result`.
+        a :class:`~cola_opt.fw.result.Result`.
 
     Raises:
         ValueError: as :class:`ChainSolver` and :meth:`ChainSolver.run`, before any work.

@@ -65,7 +65,7 @@ def top_singular(G, k: int = 1, *, method: str = "auto", v0: np.ndarray | None =
 
     Args:
         G: an ``(m, n)`` float64 ndarray, scipy sparse matrix, ``LinearOperator``, or an
-            object with ``aslinearoperator()`` (a :class:`cola_opt.objectives.GradientOperator`).
+            object with ``aslinearoperator()`` (a :class:`cola_opt.objectives.base.GradientOperator`).
         k: number of triplets, ``1 <= k <= min(m, n)``.
         method: ``"dense"`` (LAPACK SVD), ``"svds"`` (ARPACK Lanczos, exact to machine
             precision), ``"randomized"`` (subspace iteration; approximate), or ``"auto"``

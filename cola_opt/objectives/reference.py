@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .objectives import Objective
-from .sets import NuclearBall
+from ..fw.sets import NuclearBall
+from .base import Objective
 
 __all__ = ["ReferenceOptimum", "certify", "reference_optimum"]
 

@@ -6,7 +6,7 @@ A *site* is where the chain acts. It holds a base weight ``W`` of logical shape
 the function is ``Delta = scaling * B @ A`` (Hu et al. 2021, LoRA, eq. 3), with
 ``scaling = lora_alpha / r``.
 
-The chain loop in :mod:`cola_opt.core` only talks to the :class:`Site` interface;
+The chain loop in :mod:`cola_opt.chain.optimizer` only talks to the :class:`Site` interface;
 :class:`TensorSite` serves explicit objectives (toy problems) and
 :class:`cola_opt.llm.lora.LoraSite` serves PEFT LoRA layers in a transformer.
 """
@@ -342,7 +342,7 @@ class TensorSite(Site):
 
         import numpy as np
 
-        from ._checks import real
+        from ..checks import real
 
         if isinstance(weight, np.ndarray) and weight.ndim == 2 and weight.dtype.kind == "f":
             if not weight.flags.writeable:

@@ -13,7 +13,7 @@ import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._checks import integer, real
+from ..checks import integer, real
 
 __all__ = ["Backtracking", "Constant", "ExactLineSearch", "Line", "OpenLoop", "ShortStep", "StepRule", "make_step_rule"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable, Sequence
 
-from ._checks import integer
+from ..checks import integer
 
 __all__ = ["epoch_knots", "step_down_ranks", "uniform_knots", "validate_knots"]
 

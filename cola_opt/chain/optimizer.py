@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ._checks import integer, real
+from ..checks import integer, real
 from .reset import ResetPolicy, make_reset_policy
 from .schedules import validate_knots
 from .sites import Site
@@ -99,7 +99,7 @@ class ResidualLowRankOptimizer:
             say), which knots leave alone. ``None`` builds ``torch.optim.AdamW`` over
             the factors with ``lr``.
         knot_steps: strictly increasing optimizer-step indices after which a knot is
-            tied (see :mod:`cola_opt.schedules`). Empty means one link: plain LoRA.
+            tied (see :mod:`cola_opt.chain.schedules`). Empty means one link: plain LoRA.
         ranks: rank of each link, ``len(knot_steps) + 1`` entries; link 0 keeps the
             sites' current rank, so ``ranks[0]`` must equal it. ``None`` keeps the rank.
         step_size: ``gamma`` of the merge, a number or ``f(t) -> float`` of the 0-based

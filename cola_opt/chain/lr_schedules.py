@@ -1,7 +1,7 @@
 """Learning-rate schedules for a chain: global linear (COLA) and jagged cosine (ReLoRA).
 
 Both return a ``torch.optim.lr_scheduler.LambdaLR`` over the inner optimizer. Steps are
-counted like the knots of :mod:`cola_opt.schedules`: the scheduler is stepped once after
+counted like the knots of :mod:`cola_opt.chain.schedules`: the scheduler is stepped once after
 each optimizer step, so after ``t`` optimizer steps the next step runs at
 ``base_lr * factor(t)``. A knot at step ``s`` starts a link whose first step runs at
 ``factor(s)``.

@@ -1,4 +1,4 @@
-"""The per-iteration trace and the result of :func:`cola_opt.solve.minimize`.
+"""The per-iteration trace and the result of :func:`cola_opt.fw.solver.minimize`.
 
 Row ``t`` of a :class:`Trace` describes the iterate ``W_t`` (after ``t`` links) and the
 step taken from it: ``primal = f(W_t)``, ``fw_gap = g(W_t)``, ``rank`` of
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from scipy.optimize import OptimizeResult
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 __all__ = ["Result", "Trace", "TraceRow"]
 
@@ -115,7 +115,7 @@ class Result(OptimizeResult):
     Keys: ``x`` (final ``W``, ``(m, n)`` float32 ndarray), ``fun``, ``fw_gap``, ``nit``
     (links taken), ``status`` (0: gap tolerance met, 1: iteration limit, 2: callback
     stop, 3: time limit), ``success`` (status 0 or 2), ``message``, ``trace``
-    (:class:`Trace`), ``knots`` (the chain's :class:`cola_opt.core.KnotRecord` list),
+    (:class:`Trace`), ``knots`` (the chain's :class:`cola_opt.chain.optimizer.KnotRecord` list),
     ``chain_length`` (links merged), ``inner_losses`` (per inner step, when recorded),
-    ``solver`` (the :class:`cola_opt.solve.ChainSolver`, for resuming).
+    ``solver`` (the :class:`cola_opt.fw.solver.ChainSolver`, for resuming).
     """

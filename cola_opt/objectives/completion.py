@@ -12,8 +12,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ._checks import real
-from .objectives import GradientOperator, LowRankModel, Objective, _check_shape, _data, _shape_arg
+from ..checks import real
+from .base import GradientOperator, LowRankModel, Objective, as_data, check_shape, shape_arg
 
 __all__ = ["CauchyCompletion", "MatrixCompletion"]
 
@@ -23,10 +23,10 @@ class _Observed(Objective):
 
     def __init__(self, rows, cols, values, shape) -> None:
         who = type(self).__name__
-        self.shape = _shape_arg(shape, who)
+        self.shape = shape_arg(shape, who)
         itype = np.int32 if self.shape[0] * self.shape[1] < 2**31 else np.int64  # halves index memory
         rows, cols = self._index_array(rows, "rows", who), self._index_array(cols, "cols", who)
-        values = _data(values, "values", who)
+        values = as_data(values, "values", who)
         if not (rows.shape == cols.shape == values.shape) or rows.ndim != 1:
             raise ValueError("rows, cols and values must be 1-D arrays of one length")
         m, n = self.shape
@@ -68,7 +68,7 @@ class _Observed(Objective):
         return self._torch_indices()[1]
 
     def value_and_gradient(self, W):
-        _check_shape(W, self.shape, type(self).__name__)
+        check_shape(W, self.shape, type(self).__name__)
         w = self.gather(W)
         return self._from_entries(w), self._sparse(self._grad_entries(w))
 
@@ -135,7 +135,7 @@ class MatrixCompletion(_Observed):
     smoothness = 1.0
 
     def value(self, W) -> float:
-        _check_shape(W, self.shape, "MatrixCompletion")
+        check_shape(W, self.shape, "MatrixCompletion")
         return self._from_entries(self.gather(W))
 
     def _from_entries(self, w: np.ndarray) -> float:
@@ -146,16 +146,16 @@ class MatrixCompletion(_Observed):
         return w - self.values
 
     def gradient(self, W) -> GradientOperator:
-        _check_shape(W, self.shape, "MatrixCompletion")
+        check_shape(W, self.shape, "MatrixCompletion")
         return self._sparse(self.residual(W))
 
     def loss(self, W):
-        _check_shape(W, self.shape, "MatrixCompletion")
+        check_shape(W, self.shape, "MatrixCompletion")
         r = W[self._rt, self._ct] - self._vt.to(W.dtype)
         return 0.5 * (r * r).sum()
 
     def curvature(self, D) -> float:
-        _check_shape(D, self.shape, "MatrixCompletion", "D")
+        check_shape(D, self.shape, "MatrixCompletion", "D")
         d = self.gather(D)
         return float(np.dot(d, d))
 
@@ -188,7 +188,7 @@ class CauchyCompletion(_Observed):
         self.c = c
 
     def value(self, W) -> float:
-        _check_shape(W, self.shape, "CauchyCompletion")
+        check_shape(W, self.shape, "CauchyCompletion")
         return self._from_entries(self.gather(W))
 
     def _from_entries(self, w: np.ndarray) -> float:
@@ -200,12 +200,12 @@ class CauchyCompletion(_Observed):
         return r / (1.0 + (r / self.c) ** 2)
 
     def gradient(self, W) -> GradientOperator:
-        _check_shape(W, self.shape, "CauchyCompletion")
+        check_shape(W, self.shape, "CauchyCompletion")
         r = self.residual(W)
         return self._sparse(r / (1.0 + (r / self.c) ** 2))
 
     def loss(self, W):
-        _check_shape(W, self.shape, "CauchyCompletion")
+        check_shape(W, self.shape, "CauchyCompletion")
         z = (W[self._rt, self._ct] - self._vt.to(W.dtype)) / self.c
         return 0.5 * self.c**2 * torch.log1p(z * z).sum()
 

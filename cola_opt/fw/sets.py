@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import real
+from ..checks import real
 from .spectral import project_capped_simplex, top_singular
 
 __all__ = ["ConstraintSet", "LMOAnswer", "NuclearBall", "Unconstrained"]
@@ -84,7 +84,7 @@ class NuclearBall(ConstraintSet):
 
         Args:
             G: the ``(m, n)`` gradient (ndarray, sparse, or GradientOperator).
-            method, v0, seed: as in :func:`cola_opt.spectral.top_singular`.
+            method, v0, seed: as in :func:`cola_opt.fw.spectral.top_singular`.
 
         Returns:
             an :class:`LMOAnswer` with ``B = -tau u1`` ``(m, 1)`` and ``A = v1^T`` ``(1, n)``.
