@@ -155,7 +155,7 @@ class ResidualLowRankOptimizer:
                     raise ValueError(f"rank {max(ranks)} exceeds site {s.name!r} of shape {s.shape}")
         self.ranks = ranks
         if shrink != 0.0:
-            missing = [s.name for s in self.sites if s._initial is None]
+            missing = [s.name for s in self.sites if s.initial is None]
             if missing:
                 raise ValueError(f"shrink={shrink} needs W0, but sites {missing[:3]} were built without keep_initial")
         if not callable(step_size):

@@ -130,6 +130,33 @@ class Site(ABC):
 
     # ----------------------------------------------------------------- accessors
     @property
+    def initial(self) -> torch.Tensor | None:
+        """The fp32 ``(m, n)`` copy of the starting weight ``W0``, or ``None`` without ``keep_initial``.
+
+        The chain's own tensor: read it, do not write it (:meth:`restore_initial_` does).
+        """
+        return self._initial
+
+    @property
+    def has_fp32_master(self) -> bool:
+        """Whether merges go through an fp32 master copy of ``W`` (``fp32_master=True``)."""
+        return self._master is not None
+
+    @torch.no_grad()
+    def restore_initial_(self, w0: torch.Tensor) -> None:
+        """Overwrite the kept ``W0`` with ``w0`` (a resume of a saved state).
+
+        Raises:
+            RuntimeError: if the site keeps no ``W0``.
+            ValueError: if ``w0`` is not of shape ``(m, n)``.
+        """
+        if self._initial is None:
+            raise RuntimeError(f"site {self.name!r} keeps no initial weight W0; build it with keep_initial=True")
+        if tuple(w0.shape) != tuple(self._initial.shape):
+            raise ValueError(f"W0 of shape {tuple(w0.shape)} does not fit site {self.name!r} of shape {self.shape}")
+        self._initial.copy_(w0)
+
+    @property
     @abstractmethod
     def weight(self) -> torch.Tensor:
         """The base weight as an ``(m, n)`` tensor that shares storage with the model."""

@@ -105,14 +105,14 @@ class _Residual:
         if G.dense is not None:
             return G.inner(self.dense())
         gw = G.inner(self.site.weight)
-        return gw if self.w0_zero else gw - G.inner(self.site._initial)
+        return gw if self.w0_zero else gw - G.inner(self.site.initial)
 
     def times(self, At: torch.Tensor) -> torch.Tensor:
         """``X @ At`` for ``At`` of shape ``(n, k)``, as ``W @ At - W0 @ At``."""
         if self._dense is not None:
             return self._dense @ At
         wa = self.site.weight.float() @ At
-        return wa if self.w0_zero else wa - self.site._initial @ At
+        return wa if self.w0_zero else wa - self.site.initial @ At
 
     def norm2(self) -> float:
         """``||X||_F^2`` in float64, accumulated over row blocks."""
@@ -122,7 +122,7 @@ class _Residual:
         for blk in self.site._row_blocks():
             part = self.site.weight[blk].float()
             if not self.w0_zero:
-                part = part - self.site._initial[blk]
+                part = part - self.site.initial[blk]
             total += float(torch.linalg.vector_norm(part).double() ** 2)
         return total
 
@@ -205,8 +205,8 @@ class ChainSolver:
                                               shrink=constraint.shrink, seed=seed)
         tracked = variant != "vanilla" or refine is not None
         self.atoms = ActiveSet(m, n, constraint.tau) if tracked else None
-        self._w0_zero = not bool(self.site._initial.any())
-        self._model = objective.lowrank(None if self._w0_zero else self.site._initial) if refine is not None else None
+        self._w0_zero = not bool(self.site.initial.any())
+        self._model = objective.lowrank(None if self._w0_zero else self.site.initial) if refine is not None else None
         self.t, self.elapsed, self.inner_steps, self.rank_bound = 0, 0.0, 0, 0
         self.trace = Trace()
         self.inner_losses: list[float] = []
@@ -249,7 +249,7 @@ class ChainSolver:
         ba2 = float(np.sum((B.T @ B) * (A @ A.T)))
         bax = float((Bt * X.times(At.t())).double().sum()) if shrink != 0.0 else 0.0
         x2 = X.norm2() if shrink != 0.0 else 0.0
-        curv, value_at = self.objective.along(self.site.weight, None if self._w0_zero else self.site._initial,
+        curv, value_at = self.objective.along(self.site.weight, None if self._w0_zero else self.site.initial,
                                               B, A, shrink)
         return Line(t=self.t, f=f, slope=G.inner_lowrank(B, A) - shrink * gx,
                     norm2=max(ba2 - 2 * shrink * bax + shrink * shrink * x2, 0.0), gamma_max=gamma_max,
@@ -404,7 +404,7 @@ class ChainSolver:
         """Everything needed to continue the run bit for bit (tensors cloned)."""
         return {
             "t": self.t, "elapsed": self.elapsed, "inner_steps": self.inner_steps, "rank_bound": self.rank_bound,
-            "W": self.site.weight.detach().clone(), "W0": self.site._initial.clone(),
+            "W": self.site.weight.detach().clone(), "W0": self.site.initial.clone(),
             "B": self.site.lora_B.detach().clone(), "A": self.site.lora_A.detach().clone(),
             "chain": self.chain.state_dict(), "rule": self.rule.state_dict(),
             "atoms": self.atoms.state_dict() if self.atoms is not None else None,
@@ -424,8 +424,8 @@ class ChainSolver:
             raise ValueError(f"state W has shape {tuple(state['W'].shape)}, this solver {self.site.shape}")
         self.chain.load_state_dict(state["chain"])
         self.site.weight.copy_(state["W"])
-        self.site._initial.copy_(state["W0"])
-        self._w0_zero = not bool(self.site._initial.any())
+        self.site.restore_initial_(state["W0"])
+        self._w0_zero = not bool(self.site.initial.any())
         if self.site.rank != state["A"].shape[0]:
             self.site.reset_factors(int(state["A"].shape[0]))
         self.site.lora_B.copy_(state["B"])

@@ -67,7 +67,7 @@ def chain_record(chain: ResidualLowRankOptimizer) -> dict[str, Any]:
         "knots": [asdict(k) for k in chain.knots],
         "sites": [
             {"name": s.name, "shape": list(s.shape), "dtype": str(s.weight.dtype).removeprefix("torch."),
-             "scaling": s.scaling, "fp32_master": s._master is not None}
+             "scaling": s.scaling, "fp32_master": s.has_fp32_master}
             for s in chain.sites
         ],
     }
