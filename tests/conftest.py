@@ -15,6 +15,12 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch):
+    """Tests do not depend on the shell: COLA_DATA_DIR is unset (a test that wants it sets it)."""
+    monkeypatch.delenv("COLA_DATA_DIR", raising=False)
+
+
 def tiny_tokenizer():
     """A byte-level BPE tokenizer trained in memory on a few sentences (vocab 400)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

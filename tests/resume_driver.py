@@ -27,7 +27,7 @@ torch.use_deterministic_algorithms(True)
 from cola_opt.llm.cli import main
 from cola_opt.llm import (
     checkpoint,
-    trainer,
+    objective,
 )
 from cola_opt.chain.sites import Site
 
@@ -67,7 +67,7 @@ def _install(pause: str) -> None:
             return enter(self)
 
         checkpoint.DeferredInterrupt.__enter__ = remember
-        loss = trainer.classification_loss
+        loss = objective.classification_loss
 
         def counting_loss(scores, labels):
             calls[0] += 1
@@ -75,7 +75,7 @@ def _install(pause: str) -> None:
                 _pause(f"forward {n}", until=lambda: bool(live) and live[-1].requested is not None)
             return loss(scores, labels)
 
-        trainer.classification_loss = counting_loss
+        objective.classification_loss = counting_loss
     elif pause != "none":
         raise SystemExit(f"unknown pause {pause!r}")
 

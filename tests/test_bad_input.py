@@ -12,7 +12,8 @@ from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.grid import GridConfig, run_grid
 from cola_opt.llm.lora import LoraSettings
 from cola_opt.llm.tasks import get_task, read_split, sample_splits
-from cola_opt.llm.trainer import compare, finetune
+from cola_opt.llm.compare import compare
+from cola_opt.llm.trainer import finetune
 
 
 def _cfg(model_dir, data_dir, out, **kw):

@@ -6,12 +6,11 @@ import json
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, get_linear_schedule_with_warmup
 
 from cola_opt import ResidualLowRankOptimizer
 from cola_opt.llm.export import CHAIN_RECORD_FILE, LinkAdapterWriter, export_merged
 from cola_opt.llm.lora import LoraSettings, inject_lora, lora_sites
-from cola_opt.chain.lr_schedules import linear_schedule
 
 
 def _tiny_llama():
@@ -28,7 +27,7 @@ def test_export_merged_model_links_and_record(tmp_path):
     model = inject_lora(base, LoraSettings(r=4, lora_alpha=8, lora_dropout=0.1))
     chain = ResidualLowRankOptimizer(lora_sites(model), lr=5e-2, knot_steps=[2, 4], ranks=[4, 4, 2])
     writer = LinkAdapterWriter(chain, model, tmp_path / "links")
-    sched = linear_schedule(chain.optimizer, total_steps=6)
+    sched = get_linear_schedule_with_warmup(chain.optimizer, 0, 6)
     data = torch.randint(0, 128, (6, 4, 12))
     model.train()
     for batch in data:

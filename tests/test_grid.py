@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from cola_opt.llm.cli import main
-from cola_opt.llm import trainer
+from cola_opt.llm import grid as grid_module
 from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.grid import GridConfig, Run, choose_lrs, method_changes, read_records, run_grid
 from cola_opt.llm.report import paired_tests, results_table
@@ -63,8 +63,8 @@ def test_grid_killed_mid_run_resumes_without_redoing(tiny_model_dir, fixtures_di
     assert 2 <= n_before < total, "the kill came too late to test a resume"
 
     calls = []
-    real = trainer.finetune
-    monkeypatch.setattr(trainer, "finetune", lambda cfg, splits=None: calls.append(cfg) or real(cfg, splits))
+    real = grid_module.finetune
+    monkeypatch.setattr(grid_module, "finetune", lambda cfg, splits=None: calls.append(cfg) or real(cfg, splits))
     resumed = run_grid(_grid(tiny_model_dir, fixtures_dir, out))
     assert len(calls) == total - n_before  # finished runs are not redone
     after = jsonl.read_bytes()
@@ -149,25 +149,23 @@ def test_stepdown_knot_at_three_fifths(tiny_model_dir, fixtures_dir, tmp_path):
     ({"base": FinetuneConfig(export_dir="out")}, "export_dir and export_links are per run; a grid does not export"),
 ])
 def test_bad_grid_fails_before_any_run(change, message, tiny_model_dir, fixtures_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "finetune", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.setattr(grid_module, "finetune", lambda *a, **k: pytest.fail("a run started"))
     with pytest.raises(ValueError, match=message):
         run_grid(_grid(tiny_model_dir, fixtures_dir, tmp_path / "g", **change))
     assert not (tmp_path / "g").exists()
 
 
 def test_missing_task_data_fails_before_any_run(tiny_model_dir, fixtures_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "finetune", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.setattr(grid_module, "finetune", lambda *a, **k: pytest.fail("a run started"))
     with pytest.raises(FileNotFoundError, match="no RTE/ folder"):
         run_grid(_grid(tiny_model_dir, fixtures_dir, tmp_path, tasks=("boolq", "rte")))
     assert not (tmp_path / "runs.jsonl").exists()
 
 
 def test_second_runner_on_one_folder_is_refused(tiny_model_dir, fixtures_dir, tmp_path, capsys):
-    import fcntl
+    from filelock import FileLock
 
-    tmp_path.joinpath("grid.lock").touch()
-    with open(tmp_path / "grid.lock") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with FileLock(tmp_path / "grid.lock"):
         code = main(["grid", *_grid_args(tiny_model_dir, fixtures_dir), "--out", str(tmp_path)])
     assert code == 2 and "another grid runner is using" in capsys.readouterr().err
 

@@ -9,8 +9,6 @@ from cola_opt import ResidualLowRankOptimizer, TensorSite
 from cola_opt.chain.lr_schedules import (
     jagged_cosine_factor,
     jagged_cosine_schedule,
-    linear_factor,
-    linear_schedule,
 )
 from cola_opt.chain.reset import PruneState, make_reset_policy
 
@@ -106,9 +104,12 @@ def test_bad_reset_specs_are_refused(spec):
 
 # ------------------------------------------------------------------ LR schedules
 def test_linear_schedule_warms_up_then_decays_to_zero_ignoring_knots():
+    """COLA's global linear LR is transformers' schedule, as the trainer uses it."""
+    from transformers import get_linear_schedule_with_warmup
+
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=2.0)
-    sched = linear_schedule(opt, total_steps=10, warmup_steps=2)
+    sched = get_linear_schedule_with_warmup(opt, 2, 10)
     lrs = []
     for _ in range(10):
         lrs.append(opt.param_groups[0]["lr"])
@@ -116,7 +117,7 @@ def test_linear_schedule_warms_up_then_decays_to_zero_ignoring_knots():
         sched.step()
     assert lrs == pytest.approx([0.0, 1.0, 2.0, 1.75, 1.5, 1.25, 1.0, 0.75, 0.5, 0.25])
     assert opt.param_groups[0]["lr"] == 0.0
-    assert linear_factor(20, total_steps=10) == 0.0
+    assert sched.lr_lambdas[0](20) == 0.0
 
 
 def test_jagged_cosine_rewarms_after_each_knot_and_rejoins_the_envelope():

@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 from cola_opt.llm.cli import main
 from cola_opt.llm.guard import NonFiniteError
-from cola_opt.llm import checkpoint, trainer
+from cola_opt.llm import checkpoint, objective, trainer
+from cola_opt.llm import compare as compare_module
 from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.trainer import finetune
 
@@ -89,7 +90,7 @@ def _latest(out: Path) -> int:
 
 def _fail_at_forward(monkeypatch, n: int, make):
     """Replace the loss of the n-th training forward pass (1-based) with ``make(loss)``."""
-    real = trainer.classification_loss
+    real = objective.classification_loss
     calls = [0]
 
     def patched(scores, labels):
@@ -97,7 +98,7 @@ def _fail_at_forward(monkeypatch, n: int, make):
         loss = real(scores, labels)
         return make(loss) if calls[0] == n else loss
 
-    monkeypatch.setattr(trainer, "classification_loss", patched)
+    monkeypatch.setattr(objective, "classification_loss", patched)
 
 
 def _crash(loss):
@@ -156,14 +157,14 @@ def _checkpoint_after_crash(model_dir, out, monkeypatch, at=5):
 
 
 def test_compare_restarted_after_a_kill_skips_the_methods_that_finished(tiny_model_dir, tmp_path, monkeypatch):
-    from cola_opt.llm.trainer import compare
+    from cola_opt.llm.compare import compare
 
     cfg = _cfg(tiny_model_dir, tmp_path, max_steps=4, knot_steps=None, link_ranks=None, chain_length=2, export_dir=None)
     first = compare(cfg)["methods"]
     (tmp_path / "wsc_cola_s0" / "results.json").unlink()  # as if killed while COLA trained
     trained = []
-    real = trainer.finetune
-    monkeypatch.setattr(trainer, "finetune", lambda c, splits=None: trained.append(c.method) or real(c, splits))
+    real = compare_module.finetune
+    monkeypatch.setattr(compare_module, "finetune", lambda c, splits=None: trained.append(c.method) or real(c, splits))
 
     again = compare(cfg.replace(progress=True, eval_batch_size=2))["methods"]  # fields a resume may change
     assert trained == ["cola"]
@@ -320,7 +321,7 @@ def test_full_finetuning_exports_the_trained_model(tiny_model_dir, tmp_path, det
 
 
 def test_links_without_an_export_and_compare_exports_per_method(tiny_model_dir, tmp_path, deterministic):
-    from cola_opt.llm.trainer import compare
+    from cola_opt.llm.compare import compare
 
     r = finetune(_cfg(tiny_model_dir, tmp_path, method="lora", max_steps=2, knot_steps=None, link_ranks=None,
                       checkpoint_every=0, export_dir=None, export_links=str(tmp_path / "only-links")))

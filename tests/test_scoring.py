@@ -3,7 +3,7 @@
 import torch
 from conftest import tiny_llama
 
-from cola_opt.llm.scoring import Encoded, _sequence_scores, candidate_scores, classification_loss, evaluate
+from cola_opt.llm.scoring import Encoded, sequence_scores, candidate_scores, classification_loss, evaluate
 
 
 def _manual(model, e):
@@ -46,7 +46,7 @@ def test_single_token_fast_path_equals_general_path():
     batch = _batch(1, multi=False)
     with torch.no_grad():
         fast = candidate_scores(model, batch, pad_id=0)
-        general = _sequence_scores(model, batch, pad_id=0)
+        general = sequence_scores(model, batch, pad_id=0)
         want = torch.stack([_manual(model, e) for e in batch])
     torch.testing.assert_close(fast, general, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast, want, atol=1e-5, rtol=1e-5)

@@ -7,7 +7,8 @@ import torch
 
 from cola_opt.llm.cli import main
 from cola_opt.llm.config import FinetuneConfig
-from cola_opt.llm.trainer import compare, finetune
+from cola_opt.llm.compare import compare
+from cola_opt.llm.trainer import finetune
 
 
 def _cfg(tiny_model_dir, super_glue_dir, tmp_path, **kw):

@@ -1,18 +1,16 @@
-"""Learning-rate schedules for a chain: global linear (COLA) and jagged cosine (ReLoRA).
+"""ReLoRA's jagged cosine learning rate, for a chain.
 
-Both return a ``torch.optim.lr_scheduler.LambdaLR`` over the inner optimizer. Steps are
-counted like the knots of :mod:`cola_opt.chain.schedules`: the scheduler is stepped once after
-each optimizer step, so after ``t`` optimizer steps the next step runs at
-``base_lr * factor(t)``. A knot at step ``s`` starts a link whose first step runs at
-``factor(s)``.
+:func:`jagged_cosine_schedule` returns a ``torch.optim.lr_scheduler.LambdaLR`` over the
+inner optimizer: one cosine envelope over the whole run, and after every knot a short
+linear re-warm-up from 0 back up to the envelope (ReLoRA, Lialin et al. 2023, Section 3,
+"jagged cosine scheduler"). Steps are counted like the knots of
+:mod:`cola_opt.chain.schedules`: the scheduler is stepped once after each optimizer step,
+so after ``t`` optimizer steps the next step runs at ``base_lr * factor(t)``. A knot at
+step ``s`` starts a link whose first step runs at ``factor(s)``.
 
-- :func:`linear_schedule`: linear warm-up, then linear decay to 0 at ``total_steps``
-  over the whole run, ignoring the knots (COLA, Xia, Qin and Hazan 2024, Section 5:
-  AdamW with a linear schedule; the same factor as ``transformers``'
-  ``get_linear_schedule_with_warmup``).
-- :func:`jagged_cosine_schedule`: one cosine envelope over the whole run, and after every
-  knot a short linear re-warm-up from 0 back up to the envelope (ReLoRA, Lialin et al.
-  2023, Section 3, "jagged cosine scheduler").
+COLA's global linear schedule (Xia, Qin and Hazan 2024, Section 5: AdamW with a linear
+decay, ignoring the knots) is ``transformers.get_linear_schedule_with_warmup``; the
+trainer uses it as it is.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from .schedules import validate_knots
 
-__all__ = ["jagged_cosine_factor", "jagged_cosine_schedule", "linear_factor", "linear_schedule"]
+__all__ = ["jagged_cosine_factor", "jagged_cosine_schedule"]
 
 
 def _check_steps(total_steps: int, warmup_steps: int) -> None:
@@ -35,28 +33,6 @@ def _check_steps(total_steps: int, warmup_steps: int) -> None:
         raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps < total_steps:
         raise ValueError(f"warmup_steps must be an integer in [0, total_steps={total_steps}), got {warmup_steps!r}")
-
-
-def linear_factor(t: int, *, total_steps: int, warmup_steps: int = 0) -> float:
-    """LR factor after ``t`` optimizer steps: ``t / warmup``, then ``(T - t) / (T - warmup)``, >= 0."""
-    if t < warmup_steps:
-        return t / warmup_steps
-    return max(0.0, (total_steps - t) / (total_steps - warmup_steps))
-
-
-def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
-    """Global linear schedule (COLA): warm up over ``warmup_steps``, decay to 0 at ``total_steps``.
-
-    Args:
-        optimizer: the inner optimizer (``chain.optimizer``).
-        total_steps: optimizer steps in the run, ``>= 1``.
-        warmup_steps: in ``[0, total_steps)``.
-
-    Raises:
-        ValueError: on a bad step count, naming it.
-    """
-    _check_steps(total_steps, warmup_steps)
-    return LambdaLR(optimizer, partial(linear_factor, total_steps=total_steps, warmup_steps=warmup_steps))
 
 
 def _cosine_envelope(t: float, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:

@@ -47,12 +47,13 @@ def _optional(kind):
     return parse
 
 
-def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, skip=lambda f: False) -> None:
+    """One option per :class:`FinetuneConfig` field (but those ``skip(field)`` is true for), typed by its hint."""
     from .config import FinetuneConfig
 
     hints = typing.get_type_hints(FinetuneConfig)
     for f in dataclasses.fields(FinetuneConfig):
-        if f.name in skip:
+        if skip(f):
             continue
         hint = hints[f.name]
         text = str(hint)
@@ -83,13 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune with one method (zero-shot, lora or cola)")
     _add_config_options(ft)
     cmp_ = sub.add_parser("compare", help="zero-shot, LoRA and COLA on the same data and seed, as a table")
-    _add_config_options(cmp_, skip=("method",))
+    _add_config_options(cmp_, skip=lambda f: f.name == "method")
     _add_grid_parser(sub)
     return parser
 
 
 def _add_grid_parser(sub) -> None:
-    from .grid import ALL_TASKS, DEFAULT_METHODS
+    from .grid_plan import ALL_TASKS, DEFAULT_METHODS
 
     gr = sub.add_parser(
         "grid",
@@ -97,7 +98,7 @@ def _add_grid_parser(sub) -> None:
         description="Run a grid of fine-tuning runs; one JSON line per finished run in <out>/runs.jsonl. "
         "Run the same command again to resume: finished runs are skipped.",
     )
-    _add_config_options(gr, skip=_GRID_PER_RUN)
+    _add_config_options(gr, skip=lambda f: f.metadata["grid"] != "shared")  # set per run, or not a grid option
     add = gr.add_argument
     add("--tasks", type=_csv(str), default=ALL_TASKS, help=f"tasks, comma separated (default: {','.join(ALL_TASKS)})")
     add("--methods", type=_csv(str), default=DEFAULT_METHODS,
@@ -115,10 +116,6 @@ def _add_grid_parser(sub) -> None:
     add("--progress", type=_bool, default=True, help="show the grid's progress bar (default: True)")
 
 
-_GRID_PER_RUN = ("task", "method", "seed", "lr", "chain_length", "knot_steps", "link_ranks", "output_dir", "progress",
-                 "export_dir", "export_links")
-
-
 def config_from_args(args: argparse.Namespace):
     """The :class:`FinetuneConfig` that parsed arguments describe."""
     from .config import FinetuneConfig
@@ -131,15 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cola-opt``; returns the exit status (2 for bad input)."""
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from transformers/peft
+    from .compare import compare
     from .models import ModelLoadError
-    from .trainer import compare, finetune
+    from .trainer import finetune
 
     try:
         cfg = config_from_args(args)
         cfg.validate()
         if args.command == "grid":
             from .grid import GridConfig, run_grid
-            from .report import write_report  # noqa: F401  (fail here, not after the runs, if missing)
 
             grid = GridConfig(base=cfg, tasks=args.tasks, methods=args.methods, seeds=args.seeds, lrs=args.lrs,
                               lr_select=args.lr_select, stepdown_at=args.stepdown_at, out=args.out,

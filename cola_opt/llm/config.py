@@ -1,36 +1,61 @@
 """The fine-tuning configuration: one typed dataclass, mapped one to one onto the CLI.
 
-Each field carries its help text and unit in ``metadata``; :mod:`cola_opt.llm.cli`
-builds its options from them, so the two cannot drift apart.
+Each field carries its help text, unit and role in ``metadata``; :mod:`cola_opt.llm.cli`
+builds its options from them, so the two cannot drift apart. The roles:
+
+- ``fingerprint`` (default ``True``): the field can change the trained weights or the
+  numbers reported, so an earlier checkpoint, result or grid line counts as the same run
+  only if it is equal. ``False`` for where and how a run goes (device, output folders,
+  progress, checkpoints, evaluation batch size, exports), and for ``data_dir``: the data
+  actually drawn is fingerprinted itself (:meth:`cola_opt.llm.tasks.Splits.fingerprint`).
+- ``resumable`` (default: ``not fingerprint``): a resumed run, or a finished run read
+  back, may differ in it (:data:`RESUMABLE_CHANGES`). ``nonfinite`` is resumable (to
+  skip the step that stopped a run); ``export_links`` is not (the links written before
+  a resume would be missing).
+- ``grid``: ``"shared"`` (an option of ``cola-opt grid``, shared by every run),
+  ``"per_run"`` (set per cell by the grid) or ``"none"`` (not a grid option: the grid
+  does not export).
+- ``late``: added after grids were fingerprinted; left out of the fingerprint while at
+  its default, so old grids still resume.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..chain.reset import make_reset_policy
-from ..chain.schedules import uniform_knots, validate_knots
+from ..chain.schedules import validate_knots
 from ..checks import integer, real
 from .guard import GUARD_POLICIES
 from .lora import LoraSettings
+from .methods import Method, get_method
 from .tasks import get_task
 
-__all__ = ["METHODS", "RESUMABLE_CHANGES", "RESUME_MODES", "FinetuneConfig", "plan_steps"]
+__all__ = ["RESUMABLE_CHANGES", "RESUME_MODES", "FinetuneConfig", "check_chain_length", "field_roles"]
 
-METHODS = ("zero-shot", "lora", "cola", "full")
 RESUME_MODES = ("auto", "require", "never")
-# fields a resumed run may change: they do not change the trained weights (nonfinite: to skip a step that stopped)
-RESUMABLE_CHANGES = ("data_dir", "device", "eval_batch_size", "output_dir", "progress", "checkpoint_every", "resume",
-                     "nonfinite", "export_dir")
 
 
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+def _f(default, help: str, *, fingerprint: bool = True, resumable: bool | None = None, grid: str = "shared",
+       late: bool = False):
+    roles = {"fingerprint": fingerprint, "resumable": not fingerprint if resumable is None else resumable,
+             "grid": grid, "late": late}
+    return field(default=default, metadata={"help": help, **roles})
+
+
+def check_chain_length(value) -> int:
+    """``value`` if it is a number of links (an integer ``>= 1``, not bool).
+
+    Raises:
+        ValueError: naming the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"chain_length must be an integer >= 1, got {value!r}")
+    return value
 
 
 @dataclass
@@ -41,15 +66,17 @@ class FinetuneConfig:
         ValueError: from :meth:`validate`, naming the bad value.
     """
 
-    task: str = _f("wsc", "task name (wsc, rte, ...)")
+    task: str = _f("wsc", "task name (wsc, rte, ...)", grid="per_run")
     model: str = _f(
         "smollm2-135m", "built-in model (smollm2-135m, gemma3-270m), local model directory, or hub id (e.g. facebook/opt-1.3b)"
     )
     data_dir: str | None = _f(
-        None, "folder in the official release layout; default: $COLA_DATA_DIR, then ../shared/data/<benchmark>, then HF"
+        None, "folder in the official release layout; default: $COLA_DATA_DIR, then ../shared/data/<benchmark>, then HF",
+        fingerprint=False,
     )
-    method: str = _f("cola", "zero-shot, lora (chain length 1), cola, or full (full fine-tuning, no LoRA)")
-    seed: int = _f(0, "seed for sampling, initialisation and data order")
+    method: str = _f("cola", "zero-shot, lora (chain length 1), cola, or full (full fine-tuning, no LoRA)",
+                     grid="per_run")
+    seed: int = _f(0, "seed for sampling, initialisation and data order", grid="per_run")
     n_train: int = _f(1000, "training examples drawn from the train split (examples; MeZO protocol)")
     n_dev: int = _f(500, "dev examples: the last n_dev of the train-split draw (examples)")
     n_test: int = _f(1000, "test examples drawn from the validation split, or all of it if smaller (examples)")
@@ -57,15 +84,18 @@ class FinetuneConfig:
     max_steps: int | None = _f(None, "stop after this many optimizer steps instead (steps; overrides epochs)")
     batch_size: int = _f(8, "examples per micro-batch (examples)")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
-    lr: float = _f(5e-4, "peak learning rate of AdamW, decayed linearly to 0 (per step)")
+    lr: float = _f(5e-4, "peak learning rate of AdamW, decayed linearly to 0 (per step)", grid="per_run")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_steps: int = _f(0, "linear warm-up of the learning rate (optimizer steps)")
     max_grad_norm: float = _f(1.0, "clip the gradient norm to this (0 = off)")
-    chain_length: int = _f(3, "links in the chain for method cola; knots evenly spaced (links)")
-    knot_steps: tuple[int, ...] | None = _f(None, "explicit knot steps, comma separated (optimizer steps; overrides chain_length)")
+    chain_length: int = _f(3, "links in the chain for method cola; knots evenly spaced (links)", grid="per_run")
+    knot_steps: tuple[int, ...] | None = _f(
+        None, "explicit knot steps, comma separated (optimizer steps; overrides chain_length)", grid="per_run"
+    )
     rank: int = _f(8, "LoRA rank r of each link")
     link_ranks: tuple[int, ...] | None = _f(
-        None, "rank of each link for method cola, comma separated; the first must equal --rank (step-down ablation: 8,4)"
+        None, "rank of each link for method cola, comma separated; the first must equal --rank (step-down ablation: 8,4)",
+        grid="per_run",
     )
     lora_alpha: float = _f(16.0, "LoRA alpha; scaling = lora_alpha / rank")
     lora_dropout: float = _f(0.0, "dropout on the LoRA input (probability)")
@@ -73,30 +103,33 @@ class FinetuneConfig:
     bias: str = _f("none", "PEFT bias: none, all or lora_only (the paper's OPT runs train biases)")
     optimizer_reset: str = _f("full", "optimizer state at a knot: full, keep, prune:<ratio>[:random]")
     max_length: int = _f(256, "most tokens per prompt plus answer; longer prompts are cut from the left (tokens)")
-    eval_batch_size: int = _f(16, "examples per evaluation batch (examples)")
-    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    eval_batch_size: int = _f(16, "examples per evaluation batch (examples)", fingerprint=False)
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N", fingerprint=False)
     dtype: str = _f("fp32", "weight dtype: fp32, bf16 or fp16")
     autocast: str = _f("bf16", "autocast dtype for forward passes: none, bf16 or fp16")
-    output_dir: str = _f("runs", "folder for results (one subfolder per run)")
-    progress: bool = _f(True, "show progress bars and a line per knot and per epoch (warnings print either way)")
+    output_dir: str = _f("runs", "folder for results (one subfolder per run)", fingerprint=False, grid="per_run")
+    progress: bool = _f(True, "show progress bars and a line per knot and per epoch (warnings print either way)",
+                        fingerprint=False, grid="per_run")
     checkpoint_every: int = _f(
         0, "write a resumable checkpoint to <run folder>/checkpoint every N optimizer steps and after the last "
-        "(optimizer steps; 0 = off)"
+        "(optimizer steps; 0 = off)", fingerprint=False,
     )
     resume: str = _f(
         "auto", "auto: continue from the run folder's checkpoint if there is one; require: fail if there is none; "
-        "never: delete it and start over"
+        "never: delete it and start over", fingerprint=False,
     )
     nonfinite: str = _f(
         "stop", "on a NaN/inf loss or gradient: stop (write a checkpoint of the last finite step, then raise) or "
-        "skip (drop that step's update; the step still counts for the LR schedule and the knots)"
+        "skip (drop that step's update; the step still counts for the LR schedule and the knots)",
+        resumable=True, late=True,
     )
     export_dir: str | None = _f(
-        None, "after training, write the merged model here: an HF model directory with chain.json (none = off)"
+        None, "after training, write the merged model here: an HF model directory with chain.json (none = off)",
+        fingerprint=False, grid="none",
     )
     export_links: str | None = _f(
         None, "folder in which each link is saved as a PEFT adapter (link-00, link-01, ...) just before it is "
-        "merged (none = off)"
+        "merged (none = off)", fingerprint=False, resumable=False, grid="none",
     )
 
     def validate(self) -> None:
@@ -106,8 +139,7 @@ class FinetuneConfig:
             ValueError: naming the first bad value.
         """
         get_task(self.task)
-        if self.method not in METHODS:
-            raise ValueError(f"method {self.method!r} must be one of {METHODS}")
+        method = get_method(self.method)
         for name in ("n_train", "n_test", "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length"):
             integer(getattr(self, name), name, 1)
         integer(self.n_dev, "n_dev", 0)
@@ -128,21 +160,7 @@ class FinetuneConfig:
         if not self.output_dir:
             raise ValueError("output_dir is empty")
         _check_output_dir(self.output_dir)
-        if self.method != "cola" and self.knot_steps is not None:
-            raise ValueError(f"knot_steps {list(self.knot_steps)} needs method cola, not {self.method!r}")
-        if isinstance(self.chain_length, bool) or not isinstance(self.chain_length, int) or self.chain_length < 1:
-            raise ValueError(f"chain_length must be an integer >= 1, got {self.chain_length!r}")
-        if self.knot_steps is not None:
-            self.knot_steps = validate_knots(self.knot_steps)
-        self.lora_settings()  # checks rank, alpha, dropout, target_modules and bias
-        if self.link_ranks is not None:
-            self.link_ranks = tuple(self.link_ranks)
-            if self.method != "cola":
-                raise ValueError(f"link_ranks {list(self.link_ranks)} needs method cola, not {self.method!r}")
-            if not self.link_ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.link_ranks):
-                raise ValueError(f"link_ranks {list(self.link_ranks)} must be integers >= 1")
-            if self.link_ranks[0] != self.rank:
-                raise ValueError(f"link_ranks[0] = {self.link_ranks[0]} must equal rank = {self.rank} (the first link's rank)")
+        self._validate_chain(method)
         make_reset_policy(self.optimizer_reset)
         if self.dtype not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"dtype {self.dtype!r} must be fp32, bf16 or fp16")
@@ -150,9 +168,26 @@ class FinetuneConfig:
             raise ValueError(f"autocast {self.autocast!r} must be none, bf16 or fp16")
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
-        self._validate_robustness()
+        self._validate_robustness(method)
 
-    def _validate_robustness(self) -> None:
+    def _validate_chain(self, method: Method) -> None:
+        """Chain length, knots, LoRA settings and link ranks."""
+        if not method.knots and self.knot_steps is not None:
+            raise ValueError(f"knot_steps {list(self.knot_steps)} needs method cola, not {self.method!r}")
+        check_chain_length(self.chain_length)
+        if self.knot_steps is not None:
+            self.knot_steps = validate_knots(self.knot_steps)
+        self.lora_settings()  # checks rank, alpha, dropout, target_modules and bias
+        if self.link_ranks is not None:
+            self.link_ranks = tuple(self.link_ranks)
+            if not method.knots:
+                raise ValueError(f"link_ranks {list(self.link_ranks)} needs method cola, not {self.method!r}")
+            if not self.link_ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.link_ranks):
+                raise ValueError(f"link_ranks {list(self.link_ranks)} must be integers >= 1")
+            if self.link_ranks[0] != self.rank:
+                raise ValueError(f"link_ranks[0] = {self.link_ranks[0]} must equal rank = {self.rank} (the first link's rank)")
+
+    def _validate_robustness(self, method: Method) -> None:
         """Checkpoint, resume, non-finite and export fields."""
         c = self.checkpoint_every
         if isinstance(c, bool) or not isinstance(c, int) or c < 0:
@@ -161,10 +196,10 @@ class FinetuneConfig:
             raise ValueError(f"resume {self.resume!r} must be one of {RESUME_MODES}")
         if self.nonfinite not in GUARD_POLICIES:
             raise ValueError(f"nonfinite {self.nonfinite!r} must be one of {GUARD_POLICIES}")
-        if self.method == "zero-shot" and (self.export_dir or self.export_links):
-            raise ValueError("export_dir and export_links need a trained method; method zero-shot trains nothing")
-        if self.method == "full" and self.export_links:
-            raise ValueError("export_links needs a LoRA method (lora or cola); method full has no links")
+        if not method.trains and (self.export_dir or self.export_links):
+            raise ValueError(f"export_dir and export_links need a trained method; method {self.method} trains nothing")
+        if not method.lora and self.export_links:
+            raise ValueError(f"export_links needs a LoRA method (lora or cola); method {self.method} has no links")
         if self.export_dir and self.export_links:
             d, links = Path(self.export_dir).resolve(), Path(self.export_links).resolve()
             if links == d or d in links.parents:
@@ -172,6 +207,20 @@ class FinetuneConfig:
                     f"export_links {self.export_links!r} must lie outside export_dir {self.export_dir!r}: "
                     "the export replaces that directory as a whole"
                 )
+
+    @property
+    def method_type(self) -> Method:
+        """The :class:`~cola_opt.llm.methods.Method` of :attr:`method`: whether it trains, has LoRA, ties knots.
+
+        Raises:
+            ValueError: on an unknown method name.
+        """
+        return get_method(self.method)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder ``<output_dir>/<task>_<method>_s<seed>``: ``results.json`` and the checkpoint."""
+        return Path(self.output_dir) / f"{self.task}_{self.method}_s{self.seed}"
 
     def lora_settings(self) -> LoraSettings:
         """The LoRA part of the config."""
@@ -191,6 +240,34 @@ class FinetuneConfig:
         """Plain JSON-ready dict of all fields."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
+    def shared_settings(self) -> dict:
+        """The fingerprinted settings that a grid's runs share (role ``grid="shared"``), as in :meth:`to_dict`.
+
+        A ``late`` field is left out while at its default.
+        """
+        values = self.to_dict()
+        return {f.name: values[f.name] for f in dataclasses.fields(self)
+                if f.metadata["fingerprint"] and f.metadata["grid"] == "shared"
+                and not (f.metadata["late"] and values[f.name] == f.default)}
+
+
+def field_roles(role: str, value=True) -> tuple[str, ...]:
+    """The names of the :class:`FinetuneConfig` fields whose metadata ``role`` equals ``value``.
+
+    ``field_roles("resumable")``: the fields a resume may change; ``field_roles("grid",
+    "per_run")``: the fields the grid sets per run. Roles: module docstring.
+
+    Raises:
+        ValueError: on an unknown role.
+    """
+    if role not in ("fingerprint", "resumable", "grid", "late"):
+        raise ValueError(f"role {role!r} must be fingerprint, resumable, grid or late")
+    return tuple(f.name for f in dataclasses.fields(FinetuneConfig) if f.metadata[role] == value)
+
+
+# fields a resumed run (or a finished run read back) may change: they do not change the trained weights
+RESUMABLE_CHANGES = field_roles("resumable")
+
 
 def _check_output_dir(path: str) -> None:
     """Refuse an output folder that is a file or cannot be created; creates nothing."""
@@ -204,28 +281,3 @@ def _check_output_dir(path: str) -> None:
     parent = next(q for q in p.parents if q.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise ValueError(f"output_dir {path!r} cannot be created: {str(parent)!r} is not a writable folder")
-
-
-def plan_steps(cfg: FinetuneConfig, n_train: int) -> tuple[int, int, tuple[int, ...]]:
-    """Optimizer steps per epoch, total steps, and knot steps for ``cfg``.
-
-    Steps per epoch are ``ceil(n_train / (batch_size * grad_accum))``; the total is
-    ``epochs`` times that, or ``max_steps``. Methods ``lora``, ``full`` and ``zero-shot``
-    have no knots; ``cola`` uses ``knot_steps`` if given, else ``chain_length`` even links.
-
-    Raises:
-        ValueError: if the knots do not fit in the run (more links than steps, or a
-            knot step at or past the last step), or ``link_ranks`` has not one entry
-            per link.
-    """
-    per_epoch = math.ceil(n_train / (cfg.batch_size * cfg.grad_accum))
-    total = cfg.max_steps if cfg.max_steps is not None else per_epoch * cfg.epochs
-    if cfg.method != "cola":
-        return per_epoch, total, ()
-    if cfg.knot_steps is not None:
-        knots = validate_knots(cfg.knot_steps, total)
-    else:
-        knots = uniform_knots(total, cfg.chain_length)
-    if cfg.link_ranks is not None and len(cfg.link_ranks) != len(knots) + 1:
-        raise ValueError(f"link_ranks {list(cfg.link_ranks)} must have one entry per link: {len(knots) + 1} links")
-    return per_epoch, total, knots

@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 from ..chain.optimizer import ResidualLowRankOptimizer
 from ..chain.reset import make_reset_policy
 from ..chain.schedules import uniform_knots, validate_knots
+from .config import check_chain_length
 from .distributed import advance_chain, full_parameters
 from .guard import NonFiniteGuard
 from .lora import lora_sites
@@ -94,9 +95,8 @@ class ColaCallback(TrainerCallback):
             raise ValueError("give exactly one of knot_steps and chain_length")
         if knot_steps is not None:
             knot_steps = validate_knots(knot_steps)
-        if chain_length is not None and (isinstance(chain_length, bool) or not isinstance(chain_length, int)
-                                         or chain_length < 1):
-            raise ValueError(f"chain_length must be an integer >= 1, got {chain_length!r}")
+        if chain_length is not None:
+            check_chain_length(chain_length)
         make_reset_policy(reset)  # fail early on a bad spec
         self.knot_steps, self.chain_length, self.ranks = knot_steps, chain_length, ranks
         self.reset, self.seed, self.fp32_master, self.adapter = reset, int(seed), bool(fp32_master), adapter

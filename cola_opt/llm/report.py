@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_save_json, atomic_write
+from .grid_plan import GridConfig, main_runs
+from .methods import grid_method
 
 __all__ = ["TASK_NAMES", "cell_values", "method_label", "paired_tests", "plot_bars", "results_table", "write_report"]
 
@@ -34,31 +36,24 @@ BOOTSTRAP_SAMPLES = 5000
 
 
 def method_label(method: str, rank: int = 8) -> str:
-    """Display name of a grid method (``"cola3"`` -> ``"COLA (3 links)"``)."""
-    if method == "lora":
-        return "LoRA"
-    if method == "full":
-        return "full fine-tuning"
-    if method.startswith("cola"):
-        return f"COLA ({method[4:]} links)"
-    if method.startswith("stepdown-r"):
-        return f"COLA step-down r={rank}→{method[10:]}"
-    return method
+    """Display name of a grid method (``"cola3"`` -> ``"COLA (3 links)"``); other names as they are."""
+    try:
+        return grid_method(method).label(rank)
+    except ValueError:  # a row that is not a method ("majority class")
+        return method
 
 
-def _main(grid, records: list[dict], chosen: dict) -> dict[tuple[str, str, int], dict]:
-    from .grid import _main_runs
-
+def _main(grid: GridConfig, records: list[dict], chosen: dict) -> dict[tuple[str, str, int], dict]:
     by_id = {r["run_id"]: r for r in records}
     out = {}
-    for run in _main_runs(grid, chosen):
+    for run in main_runs(grid, chosen):
         rec = by_id.get(run.run_id)
         if rec is not None and rec.get("test_accuracy") is not None:
             out[(run.task, run.method, run.seed)] = rec
     return out
 
 
-def cell_values(grid, records: list[dict], chosen: dict) -> dict:
+def cell_values(grid: GridConfig, records: list[dict], chosen: dict) -> dict:
     """Per-seed test accuracies (percent): ``{(task, method): {seed: acc}}``, plus majority-class rows."""
     main = _main(grid, records, chosen)
     cells: dict = {}
@@ -84,7 +79,7 @@ def _average(cells: dict, tasks, method) -> dict[int, float]:
     return {s: float(np.mean([p[s] for p in per_task])) for s in sorted(seeds)}
 
 
-def results_table(grid, records: list[dict], chosen: dict) -> str:
+def results_table(grid: GridConfig, records: list[dict], chosen: dict) -> str:
     """Markdown: one row per method (majority class first), one column per task, then the average.
 
     A cell missing seeds (a run still to come, or one whose loss became NaN) shows ``(n=k)``.
@@ -114,7 +109,7 @@ def _bootstrap(pairs: list[list[tuple[np.ndarray, np.ndarray]]], rng: np.random.
     return 100 * reps / len(pairs)
 
 
-def paired_tests(grid, records: list[dict], chosen: dict, baseline: str = "lora") -> list[dict]:
+def paired_tests(grid: GridConfig, records: list[dict], chosen: dict, baseline: str = "lora") -> list[dict]:
     """COLA-type methods (``cola<N>``, ``stepdown-r<K>``) against ``baseline``, per task and on average.
 
     Returns:
@@ -129,7 +124,7 @@ def paired_tests(grid, records: list[dict], chosen: dict, baseline: str = "lora"
     rng = np.random.default_rng(0)
     out = []
     for m in grid.methods:
-        if not (m.startswith("cola") or m.startswith("stepdown-")) or baseline not in grid.methods:
+        if not grid_method(m).method.knots or baseline not in grid.methods:
             continue
         groups = [(t, [t]) for t in grid.tasks] + ([("avg", list(grid.tasks))] if len(grid.tasks) > 1 else [])
         for name, tasks in groups:
@@ -170,7 +165,7 @@ def tests_table(tests: list[dict], rank: int = 8) -> str:
     return "\n".join(rows)
 
 
-def plot_bars(grid, records: list[dict], chosen: dict, path: str | Path) -> None:
+def plot_bars(grid: GridConfig, records: list[dict], chosen: dict, path: str | Path) -> None:
     """Bars of mean test accuracy per task (and average) and method, error bars one std; majority as a dash."""
     import matplotlib
 
@@ -204,9 +199,9 @@ def plot_bars(grid, records: list[dict], chosen: dict, path: str | Path) -> None
     plt.close(fig)
 
 
-def lr_table(grid, chosen: dict) -> str:
+def lr_table(grid: GridConfig, chosen: dict) -> str:
     """Markdown: the learning rate of each (task, trained method)."""
-    methods = [m for m in grid.methods if m != "zero-shot"]
+    methods = grid.trained_methods
     rows = ["| method | " + " | ".join(TASK_NAMES.get(t, t) for t in grid.tasks) + " |",
             "|---" * (len(grid.tasks) + 1) + "|"]
     for m in methods:
@@ -214,7 +209,7 @@ def lr_table(grid, chosen: dict) -> str:
     return "\n".join(rows)
 
 
-def write_report(grid, records: list[dict], chosen: dict, seconds: float | None = None) -> str:
+def write_report(grid: GridConfig, records: list[dict], chosen: dict, seconds: float | None = None) -> str:
     """Write ``table.md`` (results, paired tests, LRs), ``plot.png`` and ``summary.json`` into ``grid.out``.
 
     Returns:

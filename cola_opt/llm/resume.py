@@ -6,6 +6,9 @@
   model, chain, scheduler and RNG states (:mod:`cola_opt.llm.checkpoint`), and the
   restore.
 - :func:`stopped_error`: the non-finite guard's error, with where the last finite state is.
+- :func:`finished_result`: the ``results.json`` of an earlier run with the same settings
+  and the same data, if every output the run asks for is there (``compare`` reads it
+  back instead of training again).
 
 What a checkpoint of step ``t`` holds is the state *between* step ``t`` and ``t + 1``:
 the weights, factors, optimizer and scheduler after step ``t`` (and after its knot, if
@@ -15,9 +18,11 @@ the results so far (train losses, dev evaluations, skipped steps) and the config
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .checkpoint import (
@@ -33,8 +38,9 @@ from .checkpoint import (
 )
 from .config import RESUMABLE_CHANGES, FinetuneConfig
 from .guard import NonFiniteError, NonFiniteGuard
+from .runlog import RunLog
 
-__all__ = ["RunCheckpoints", "resume_point", "run_fingerprint", "stopped_error"]
+__all__ = ["RunCheckpoints", "finished_result", "resume_point", "run_fingerprint", "stopped_error"]
 
 
 def resume_point(cfg: FinetuneConfig, run_dir: Path) -> Path | None:
@@ -68,18 +74,19 @@ def resume_point(cfg: FinetuneConfig, run_dir: Path) -> Path | None:
     return found
 
 
-def run_fingerprint(model, chain, train) -> dict[str, str]:
+def run_fingerprint(model, chain, train: Sequence) -> dict[str, str]:
     """What a resume must find unchanged beyond the config: the training data and the frozen weights.
 
     Args:
         model, chain: as built for training (LoRA injected), before any step.
-        train: the encoded training examples (:class:`cola_opt.llm.scoring.Encoded`).
+        train: the encoded training items (dataclasses, such as
+            :class:`cola_opt.llm.scoring.Encoded`), in order.
 
     Returns:
-        ``{"data": 16 hex digits of SHA-1 over token ids and labels, "frozen_weights":
-        :func:`cola_opt.llm.checkpoint.frozen_fingerprint`}``.
+        ``{"data": 16 hex digits of SHA-1 over every field of every item (token ids and
+        labels), "frozen_weights": :func:`cola_opt.llm.checkpoint.frozen_fingerprint`}``.
     """
-    data = hashlib.sha1(repr([(e.prompt_ids, e.candidate_ids, e.label) for e in train]).encode()).hexdigest()[:16]
+    data = hashlib.sha1(repr([dataclasses.astuple(e) for e in train]).encode()).hexdigest()[:16]
     return {"data": data, "frozen_weights": frozen_fingerprint(model, chain)}
 
 
@@ -90,7 +97,7 @@ class RunCheckpoints:
         cfg: the run's configuration (``checkpoint_every`` > 0 turns checkpoints on).
         run_dir: the run folder.
         model, chain, sched, guard: the loop's objects.
-        result: the results dict the loop fills (``train_loss``, ``dev_history``, ...).
+        log: the run log the loop fills; a checkpoint holds its :meth:`RunLog.progress`.
         fingerprint: from :func:`run_fingerprint`.
         log: prints one line (the progress bar's ``write``).
 
@@ -98,12 +105,10 @@ class RunCheckpoints:
         on: whether checkpoints are written.
     """
 
-    PROGRESS = ("train_loss", "dev_history", "skipped_steps", "checkpoints", "resumed_from")
-
-    def __init__(self, cfg: FinetuneConfig, run_dir: Path, model, chain, sched, guard: NonFiniteGuard, result: dict,
-                 fingerprint: dict[str, str], log: Callable[[str], None]) -> None:
+    def __init__(self, cfg: FinetuneConfig, run_dir: Path, model, chain, sched, guard: NonFiniteGuard, log: RunLog,
+                 fingerprint: dict[str, str], say: Callable[[str], None]) -> None:
         self.cfg, self.run_dir, self.model, self.chain, self.sched = cfg, run_dir, model, chain, sched
-        self.guard, self.result, self.fingerprint, self.log = guard, result, fingerprint, log
+        self.guard, self.log, self.fingerprint, self.say = guard, log, fingerprint, say
         self.on = cfg.checkpoint_every > 0
         self.last_step: int | None = None
         self.seconds_before = 0.0  # training time of the processes before a resume
@@ -136,25 +141,25 @@ class RunCheckpoints:
             return find_checkpoint(self.run_dir)
         t = time.perf_counter()
         entry = {"step": step, "seconds": None, "bytes": None}  # in the checkpoint itself as null: not known yet
-        self.result["checkpoints"].append(entry)
+        self.log.checkpoints.append(entry)
         state = {
             "config": self.cfg.to_dict(),
             "position": {"epoch": position[0], "index": position[1]},
             "fingerprint": self.fingerprint,
             "guard": {"skipped": self.guard.skipped, "consecutive": self.guard.consecutive},
             "train_seconds": self.train_seconds(),
-            "result": {k: self.result[k] for k in self.PROGRESS},
+            "result": self.log.progress(),
         }
         path = write_checkpoint(self.run_dir, step=step, model=self.model, chain=self.chain, scheduler=self.sched,
                                 state=state, rng=rng)
         seconds, size = time.perf_counter() - t, checkpoint_bytes(path)
         entry.update(seconds=seconds, bytes=size)
         self.last_step = step
-        self.log(f"checkpoint of step {step} written in {seconds:.2f} s ({size / 1e6:.1f} MB): {path}")
+        self.say(f"checkpoint of step {step} written in {seconds:.2f} s ({size / 1e6:.1f} MB): {path}")
         return path
 
     def restore(self, path: Path) -> tuple[int, int]:
-        """Load ``path`` into the model, chain, scheduler, guard and results; return the data position.
+        """Load ``path`` into the model, chain, scheduler, guard and run log; return the data position.
 
         Raises:
             ValueError: if the training data or the frozen weights differ from the checkpoint's.
@@ -165,12 +170,12 @@ class RunCheckpoints:
             if self.fingerprint.get(key) != value:
                 raise ValueError(f"cannot resume from {path}: the {key.replace('_', ' ')} differ from those of the "
                                  "run that wrote it (same settings, but other data or another model)")
-        self.result.update(state["result"])
-        self.result["resumed_from"].append(self.chain.step_count)
+        self.log.restore_progress(state["result"])
+        self.log.resumed_from.append(self.chain.step_count)
         self.guard.skipped, self.guard.consecutive = state["guard"]["skipped"], state["guard"]["consecutive"]
         self.seconds_before, self.t0 = state["train_seconds"], time.perf_counter()
         self.last_step = self.chain.step_count
-        self.log(f"resumed from {path}: step {self.chain.step_count} (loaded in {time.perf_counter() - t:.2f} s)")
+        self.say(f"resumed from {path}: step {self.chain.step_count} (loaded in {time.perf_counter() - t:.2f} s)")
         return state["position"]["epoch"], state["position"]["index"]
 
 
@@ -186,3 +191,54 @@ def stopped_error(err: NonFiniteError, path: Path | None) -> NonFiniteError:
         err.step,
         err.what,
     )
+
+
+def finished_result(cfg: FinetuneConfig, data_fingerprint: str, say: Callable[[str], None] = print) -> dict | None:
+    """The result an earlier run of ``cfg`` wrote, if it may stand for a new run; else ``None``.
+
+    It stands only with checkpoints on (``checkpoint_every > 0``, ``resume`` not
+    ``"never"``), and only if all of these hold:
+
+    - ``<run folder>/results.json`` is there, whole, with a test result;
+    - its configuration differs at most in :data:`~cola_opt.llm.config.RESUMABLE_CHANGES`;
+    - it was trained and evaluated on the same examples: its ``data_fingerprint`` is
+      ``data_fingerprint`` (:meth:`cola_opt.llm.tasks.Splits.fingerprint`); a result
+      without one is never reused;
+    - every output ``cfg`` asks for exists: ``export_dir`` was written by that run to
+      the same folder and still holds a model (``config.json``), and ``export_links``
+      still holds its links. The weights of a finished run are not kept elsewhere (its
+      checkpoint is deleted), so an export it did not write means training again.
+
+    ``say`` prints one line: the reuse, or why a result that is there is not reused.
+    """
+    path = cfg.run_dir / "results.json"
+    if cfg.checkpoint_every <= 0 or cfg.resume == "never" or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or "test" not in saved or not isinstance(saved.get("config"), dict):
+        return None
+    why = _not_reusable(cfg, saved, data_fingerprint)
+    if why:
+        say(f"[compare] {cfg.method}: {path} is not reused ({why}); training again")
+        return None
+    say(f"[compare] {cfg.method}: finished earlier with these settings; using {path}")
+    saved["results_path"] = str(path)
+    return saved
+
+
+def _not_reusable(cfg: FinetuneConfig, saved: dict, data_fingerprint: str) -> str | None:
+    """Why ``saved`` cannot stand for a run of ``cfg`` on data with ``data_fingerprint``; ``None`` if it can."""
+    diff = config_differences(saved["config"], cfg.to_dict(), RESUMABLE_CHANGES)
+    if diff:
+        return f"other settings: {'; '.join(diff)}"
+    if saved.get("data_fingerprint") != data_fingerprint:
+        return f"other data: fingerprint {saved.get('data_fingerprint')} -> {data_fingerprint}"
+    if cfg.export_dir and (saved.get("export_dir") != cfg.export_dir
+                           or not (Path(cfg.export_dir) / "config.json").is_file()):
+        return f"export_dir {cfg.export_dir!r} was not written by it"
+    if cfg.export_links and not Path(cfg.export_links).is_dir():
+        return f"export_links {cfg.export_links!r} is gone"
+    return None

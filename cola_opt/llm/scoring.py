@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from .tasks import Example
 
-__all__ = ["Encoded", "autocast_context", "candidate_scores", "classification_loss", "encode_examples", "evaluate"]
+__all__ = ["Encoded", "autocast_context", "candidate_scores", "classification_loss", "encode_examples", "evaluate",
+           "sequence_scores"]
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,15 @@ def candidate_scores(model, batch: Sequence[Encoded], pad_id: int) -> torch.Tens
         logp = F.log_softmax(logits.float(), dim=-1)
         cand = torch.tensor([[c[0] for c in e.candidate_ids] for e in batch], device=device)
         return logp.gather(1, cand)
-    return _sequence_scores(model, batch, pad_id)
+    return sequence_scores(model, batch, pad_id)
 
 
-def _sequence_scores(model, batch: Sequence[Encoded], pad_id: int) -> torch.Tensor:
-    """The general path: one sequence per (example, candidate); ``(B, C)`` float32."""
+def sequence_scores(model, batch: Sequence[Encoded], pad_id: int) -> torch.Tensor:
+    """Mean log-prob of each candidate, one sequence per (example, candidate): the general path.
+
+    :func:`candidate_scores` takes it unless every candidate is one token. Arguments and
+    the float32 ``(len(batch), C)`` result as there.
+    """
     device = next(model.parameters()).device
     n_cand = len(batch[0].candidate_ids)
     seqs = [e.prompt_ids + c for e in batch for c in e.candidate_ids]

@@ -1,0 +1,94 @@
+"""Zero-shot vs LoRA vs COLA (vs full fine-tuning) on one data draw and seed, as a table.
+
+:func:`compare` checks every method's configuration first (:func:`cola_opt.llm.plan.preflight`),
+then runs each through the one trainer (:func:`cola_opt.llm.trainer.finetune`) on the
+same examples, and prints :func:`format_table`. With checkpoints on, a method that
+finished earlier with the same settings, on the same examples and with every output it
+asks for in place, is read back instead of trained again
+(:func:`cola_opt.llm.resume.finished_result`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_save_json
+from .config import FinetuneConfig
+from .methods import get_method
+from .plan import preflight
+from .resume import finished_result
+from .trainer import finetune
+
+__all__ = ["compare", "format_table", "method_config"]
+
+
+def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
+    """Run several methods on the same data draw and seed; print a table.
+
+    LoRA is the chain with one link; COLA uses ``cfg.chain_length`` (or ``knot_steps``).
+    All other settings are shared. Writes ``<output_dir>/<task>_compare_s<seed>.json``.
+    Each trained method exports to ``<export_dir>/<method>`` and its links to
+    ``<export_links>/<method>`` when those are set; each resumes from its own checkpoint.
+    With checkpoints on (``checkpoint_every > 0``, ``resume`` not ``"never"``), a method
+    whose ``results.json`` was written with the same settings (outside
+    :data:`~cola_opt.llm.config.RESUMABLE_CHANGES`), from the same examples, and whose
+    export (if asked for) is in place, is not run again: its result is read back, so a
+    killed ``compare`` restarted with the same command goes on where it stopped.
+
+    Returns:
+        ``{"methods": {method: result}, "majority": accuracy, "table": str}``.
+
+    Raises:
+        as :func:`cola_opt.llm.trainer.finetune`, before any training, for every
+        method's configuration.
+    """
+    splits = preflight(cfg).splits
+    cfgs = {m: method_config(cfg, m) for m in methods}
+    for c in cfgs.values():  # every method's plan and LoRA targets are checked before any run
+        preflight(c, splits)
+    drawn = splits.fingerprint()
+    results = {m: finished_result(c, drawn) or finetune(c, splits) for m, c in cfgs.items()}
+    majority = splits.majority_accuracy()
+    table = format_table(cfg, results, majority)
+    print(table)
+    config = {**cfg.to_dict(), "method": list(methods)}
+    summary = {"config": config, "counts": splits.counts, "majority": majority, "methods": results, "table": table}
+    path = atomic_save_json(summary, Path(cfg.output_dir) / f"{cfg.task}_compare_s{cfg.seed}.json")
+    print(f"\nresults: {path} (all methods); each run's results.json under {cfg.output_dir}/")
+    return summary
+
+
+def method_config(cfg: FinetuneConfig, method: str) -> FinetuneConfig:
+    """``cfg`` for one method of :func:`compare`: knots and link ranks for COLA only, exports in a folder per method.
+
+    Raises:
+        ValueError: on an unknown method name.
+    """
+    kind = get_method(method)
+    export_dir = str(Path(cfg.export_dir) / method) if cfg.export_dir and kind.trains else None
+    export_links = str(Path(cfg.export_links) / method) if cfg.export_links and kind.lora else None
+    return cfg.replace(method=method, link_ranks=cfg.link_ranks if kind.knots else None,
+                       knot_steps=cfg.knot_steps if kind.knots else None, export_dir=export_dir,
+                       export_links=export_links)
+
+
+def format_table(cfg: FinetuneConfig, results: dict, majority: float) -> str:
+    """A markdown table of dev/test accuracy (percent) and times (seconds) per method."""
+    rows = [
+        f"task {cfg.task}, model {cfg.model}, seed {cfg.seed}",
+        "",
+        "| method | links | dev acc (%) | test acc (%) | train time (s) | mean knot time (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m, r in results.items():
+        links = str(len(r["knot_steps"]) + 1) if get_method(m).trains else "-"
+        dev_acc = r["dev"]["accuracy"] if r["dev"] else None
+        dev = "-" if dev_acc is None else f"{dev_acc * 100:.1f}"
+        knot = f"{np.mean([k['seconds'] for k in r['knots']]) * 1e3:.1f}" if r["knots"] else "-"
+        rows.append(
+            f"| {m} | {links} | {dev} | {r['test']['accuracy'] * 100:.1f} | {r['train_seconds']:.0f} | {knot} |"
+        )
+    rows.append(f"| majority class | - | - | {majority * 100:.1f} | - | - |")
+    return "\n".join(rows)

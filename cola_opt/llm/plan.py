@@ -1,0 +1,96 @@
+"""The pre-flight: everything a run checks before it loads a model, in one function.
+
+:func:`preflight` validates a :class:`~cola_opt.llm.config.FinetuneConfig`, draws (or
+takes) its data, plans its optimizer steps and knots, and checks its LoRA targets and
+ranks against the model's architecture (built on the meta device, no weights). The
+trainer calls it for its run, :func:`cola_opt.llm.compare.compare` for every method and
+:func:`cola_opt.llm.grid.run_grid` for every cell, all before the first run starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..chain.schedules import uniform_knots, validate_knots
+from .config import FinetuneConfig
+from .lora import check_targets
+from .tasks import Splits, get_task, sample_splits
+
+__all__ = ["Plan", "plan_steps", "preflight"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a checked run will do.
+
+    Attributes:
+        splits: the examples drawn (train, dev, test).
+        steps_per_epoch: optimizer steps per pass over the training examples.
+        total_steps: optimizer steps of the run (0 for a method that does not train).
+        knots: the knot steps (empty unless the method ties knots).
+    """
+
+    splits: Splits
+    steps_per_epoch: int
+    total_steps: int
+    knots: tuple[int, ...]
+
+
+def plan_steps(cfg: FinetuneConfig, n_train: int) -> tuple[int, int, tuple[int, ...]]:
+    """Optimizer steps per epoch, total steps, and knot steps for ``cfg``.
+
+    Steps per epoch are ``ceil(n_train / (batch_size * grad_accum))``; the total is
+    ``epochs`` times that, or ``max_steps``. A method that ties no knots (``lora``,
+    ``full``, ``zero-shot``) has none; ``cola`` uses ``knot_steps`` if given, else
+    ``chain_length`` even links.
+
+    Raises:
+        ValueError: if the knots do not fit in the run (more links than steps, or a
+            knot step at or past the last step), or ``link_ranks`` has not one entry
+            per link.
+    """
+    per_epoch = math.ceil(n_train / (cfg.batch_size * cfg.grad_accum))
+    total = cfg.max_steps if cfg.max_steps is not None else per_epoch * cfg.epochs
+    if not cfg.method_type.knots:
+        return per_epoch, total, ()
+    if cfg.knot_steps is not None:
+        knots = validate_knots(cfg.knot_steps, total)
+    else:
+        knots = uniform_knots(total, cfg.chain_length)
+    if cfg.link_ranks is not None and len(cfg.link_ranks) != len(knots) + 1:
+        raise ValueError(f"link_ranks {list(cfg.link_ranks)} must have one entry per link: {len(knots) + 1} links")
+    return per_epoch, total, knots
+
+
+def draw(cfg: FinetuneConfig) -> Splits:
+    """The examples of ``cfg``'s task and seed (MeZO sampling, :func:`cola_opt.llm.tasks.sample_splits`)."""
+    return sample_splits(get_task(cfg.task), seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test,
+                         data_dir=cfg.data_dir)
+
+
+def preflight(cfg: FinetuneConfig, splits: Splits | None = None) -> Plan:
+    """Validate ``cfg``, draw its data (unless given), plan its steps and check its LoRA targets.
+
+    Nothing is written and no weights are loaded; the LoRA check builds the model's
+    skeleton from its config (well under a second, even for 7B models).
+
+    Args:
+        cfg: the run's configuration.
+        splits: examples already drawn (compare and the grid share one draw); ``None``
+            draws them.
+
+    Raises:
+        ValueError: a bad value, knots that do not fit, LoRA targets that match nothing
+            or a rank too large for a layer, naming the value.
+        FileNotFoundError, RuntimeError: the data cannot be found or read.
+        cola_opt.llm.models.ModelLoadError: the model's config cannot be read.
+    """
+    cfg.validate()
+    if splits is None:
+        splits = draw(cfg)
+    per_epoch, total, knots = plan_steps(cfg, len(splits.train))
+    method = cfg.method_type
+    if method.lora:
+        check_targets(cfg.model, cfg.lora_settings(), cfg.link_ranks or ())
+    return Plan(splits, per_epoch, total if method.trains else 0, knots)
