@@ -18,6 +18,7 @@ Deterministic CPU settings: one thread, ``torch.use_deterministic_algorithms(Tru
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -49,13 +50,14 @@ def _install(pause: str) -> None:
 
         Site.merge = merge_then_pause
     elif pause == "pointer":
-        write_pointer = checkpoint._write_pointer
+        save_json = checkpoint.atomic_save_json
 
-        def pause_then_point(root, name, step):
-            _pause(f"pointer {name}")
-            write_pointer(root, name, step)
+        def pause_then_point(obj, path, **kw):
+            if Path(path).name == "latest.json":  # the checkpoint directory is complete, not yet pointed at
+                _pause(f"pointer {obj['dir']}")
+            return save_json(obj, path, **kw)
 
-        checkpoint._write_pointer = pause_then_point
+        checkpoint.atomic_save_json = pause_then_point
     elif pause.startswith("forward:"):
         n = int(pause.split(":")[1])
         calls = [0]

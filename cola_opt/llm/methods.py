@@ -36,21 +36,23 @@ class Method:
             check, a chain over the LoRA layers, and links to export).
         knots: whether it ties knots (so ``chain_length``, ``knot_steps`` and
             ``link_ranks`` apply).
+        label: the display name in tables (``"LoRA"``).
     """
 
     name: str
     trains: bool
     lora: bool
     knots: bool
+    label: str
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("zero-shot", trains=False, lora=False, knots=False),
-        Method("lora", trains=True, lora=True, knots=False),
-        Method("cola", trains=True, lora=True, knots=True),
-        Method("full", trains=True, lora=False, knots=False),
+        Method("zero-shot", trains=False, lora=False, knots=False, label="zero-shot"),
+        Method("lora", trains=True, lora=True, knots=False, label="LoRA"),
+        Method("cola", trains=True, lora=True, knots=True, label="COLA"),
+        Method("full", trains=True, lora=False, knots=False, label="full fine-tuning"),
     )
 }
 
@@ -105,8 +107,8 @@ class GridMethod:
         if self.stepdown:
             return f"COLA step-down r={rank}→{self.later_rank}"
         if self.method.knots:
-            return f"COLA ({self.chain_length} links)"
-        return {"lora": "LoRA", "full": "full fine-tuning"}.get(self.method.name, self.method.name)
+            return f"{self.method.label} ({self.chain_length} links)"
+        return self.method.label
 
 
 def grid_method(name: str) -> GridMethod:
