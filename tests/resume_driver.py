@@ -25,12 +25,12 @@ import torch
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
 
-from cola_opt.llm.cli import main
+from cola_opt.chain.sites import Site
 from cola_opt.llm import (
     checkpoint,
     objective,
 )
-from cola_opt.chain.sites import Site
+from cola_opt.llm.cli import main
 
 
 def _pause(what: str, until=lambda: False) -> None:

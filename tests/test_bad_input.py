@@ -8,11 +8,11 @@ import torch
 
 from cola_opt import NonFiniteUpdateError, ResidualLowRankOptimizer, TensorSite
 from cola_opt.llm.cli import main
+from cola_opt.llm.compare import compare
 from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.grid import GridConfig, run_grid
 from cola_opt.llm.lora import LoraSettings
 from cola_opt.llm.tasks import get_task, read_split, sample_splits
-from cola_opt.llm.compare import compare
 from cola_opt.llm.trainer import finetune
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cola_opt.llm.cli import main
 from cola_opt.llm import grid as grid_module
+from cola_opt.llm.cli import main
 from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.grid import GridConfig, Run, choose_lrs, method_changes, read_records, run_grid
 from cola_opt.llm.report import paired_tests, results_table

@@ -7,8 +7,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-from cola_opt.llm.hf import ColaCallback
 from cola_opt.chain.lr_schedules import jagged_cosine_schedule
+from cola_opt.llm.hf import ColaCallback
 
 
 def _model():

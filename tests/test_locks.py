@@ -11,10 +11,9 @@ from cola_opt.llm.trainer import finetune
 
 def test_a_second_holder_is_refused_and_the_file_stays(tmp_path):
     path = tmp_path / "sub" / "lock"
-    with exclusive_lock(path, "busy: held"):
-        with pytest.raises(RuntimeError, match="^busy: held$"):
-            with exclusive_lock(path, "busy: held"):
-                pass
+    with exclusive_lock(path, "busy: held"), pytest.raises(RuntimeError, match="^busy: held$"), \
+            exclusive_lock(path, "busy: held"):
+        pass
     assert path.is_file()  # left in place for the next holder
     with exclusive_lock(path, "busy"):  # released: free again
         assert path.is_file()
@@ -29,7 +28,6 @@ def test_training_in_a_locked_run_folder_is_refused_before_any_step(tiny_model_d
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda *a, **k: stepped.append(1))
     lock = cfg.run_dir / "checkpoint" / RUN_LOCK
     lock.parent.mkdir(parents=True)
-    with FileLock(lock):
-        with pytest.raises(RuntimeError, match="another process is training in .*wsc_lora_s0"):
-            finetune(cfg)
+    with FileLock(lock), pytest.raises(RuntimeError, match="another process is training in .*wsc_lora_s0"):
+        finetune(cfg)
     assert not stepped and not (cfg.run_dir / "results.json").exists()

@@ -19,11 +19,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cola_opt.llm.cli import main
-from cola_opt.llm.guard import NonFiniteError
 from cola_opt.llm import checkpoint, objective, trainer
 from cola_opt.llm import compare as compare_module
+from cola_opt.llm.cli import main
 from cola_opt.llm.config import FinetuneConfig
+from cola_opt.llm.guard import NonFiniteError
 from cola_opt.llm.trainer import finetune
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 import torch
 from conftest import tiny_llama
 
-from cola_opt.llm.scoring import Encoded, sequence_scores, candidate_scores, classification_loss, evaluate
+from cola_opt.llm.scoring import Encoded, candidate_scores, classification_loss, evaluate, sequence_scores
 
 
 def _manual(model, e):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cola_opt.llm.cli import main
-from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.compare import compare
+from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.trainer import finetune
 
 

@@ -68,7 +68,8 @@ class TrainingLoop:
         self.bar = tqdm(total=total_steps, desc=f"{cfg.method} {cfg.task}", disable=not cfg.progress, unit="step")
         fingerprint = run_fingerprint(model, chain, train) if cfg.checkpoint_every > 0 or resume_from else {}
         self.ckpt = RunCheckpoints(cfg, run_dir, model, chain, sched, self.guard, log, fingerprint, self.bar.write)
-        self.ema: float | None = None
+        self.ema: float | None = None  # the loss shown on the bar: an exponential moving average
+        self.lr_now = 0.0  # the LR of the step being taken
 
     @property
     def done(self) -> bool:

@@ -17,7 +17,7 @@ from .config import FinetuneConfig
 from .lora import check_targets
 from .tasks import Splits, get_task, sample_splits
 
-__all__ = ["Plan", "plan_steps", "preflight"]
+__all__ = ["Plan", "draw", "plan_steps", "preflight"]
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class RunCheckpoints:
         model, chain, sched, guard: the loop's objects.
         log: the run log the loop fills; a checkpoint holds its :meth:`RunLog.progress`.
         fingerprint: from :func:`run_fingerprint`.
-        log: prints one line (the progress bar's ``write``).
+        say: prints one line (the progress bar's ``write``).
 
     Attributes:
         on: whether checkpoints are written.

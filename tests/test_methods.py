@@ -1,0 +1,41 @@
+"""The method type, the grid's method names, and the roles of the config fields."""
+
+import pytest
+
+from cola_opt.llm.config import RESUMABLE_CHANGES, FinetuneConfig, field_roles
+from cola_opt.llm.methods import METHODS, get_method, grid_method
+
+
+def test_what_each_method_implies():
+    assert [(m.name, m.trains, m.lora, m.knots) for m in METHODS.values()] == [
+        ("zero-shot", False, False, False), ("lora", True, True, False), ("cola", True, True, True),
+        ("full", True, False, False)]
+    assert FinetuneConfig(method="full").method_type is METHODS["full"]
+    with pytest.raises(ValueError, match=r"method 'cola3' must be one of \('zero-shot', 'lora', 'cola', 'full'\)"):
+        get_method("cola3")
+
+
+def test_grid_method_names_and_labels():
+    assert grid_method("cola3").changes(8) == {"method": "cola", "chain_length": 3, "link_ranks": None,
+                                                "knot_steps": None}
+    assert grid_method("stepdown-r4").changes(8) == {"method": "cola", "chain_length": 2, "link_ranks": (8, 4)}
+    labels = [grid_method(m).label(8) for m in ("zero-shot", "lora", "full", "cola2", "stepdown-r6")]
+    assert labels == ["zero-shot", "LoRA", "full fine-tuning", "COLA (2 links)", "COLA step-down r=8→6"]
+    assert grid_method("stepdown-r6").stepdown and not grid_method("cola2").stepdown
+    for bad in ("cola", "cola1", "stepdown-r0", "LoRA"):
+        with pytest.raises(ValueError, match=f"unknown grid method '{bad}'"):
+            grid_method(bad)
+
+
+def test_field_roles_give_the_lists_that_were_kept_by_hand():
+    assert set(RESUMABLE_CHANGES) == {"data_dir", "device", "eval_batch_size", "output_dir", "progress",
+                                      "checkpoint_every", "resume", "nonfinite", "export_dir"}
+    assert set(field_roles("grid", "per_run")) == {"task", "method", "seed", "lr", "chain_length", "knot_steps",
+                                                   "link_ranks", "output_dir", "progress"}
+    assert set(field_roles("grid", "none")) == {"export_dir", "export_links"}
+    assert set(field_roles("late")) == {"nonfinite"}
+    shared = FinetuneConfig().shared_settings()
+    assert "nonfinite" not in shared and FinetuneConfig(nonfinite="skip").shared_settings()["nonfinite"] == "skip"
+    assert not {"data_dir", "device", "eval_batch_size", "checkpoint_every", "resume", "lr", "task"} & set(shared)
+    with pytest.raises(ValueError, match="role 'weights'"):
+        field_roles("weights")
