@@ -9,7 +9,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from cola_opt import ResidualLowRankOptimizer
-from cola_opt.llm.export import CHAIN_RECORD_FILE, LinkAdapterWriter, export_merged
+from cola_opt.llm.export import CHAIN_RECORD_FILE, EXPORT_MARKER, LinkAdapterWriter, export_merged
 from cola_opt.llm.lora import LoraSettings, inject_lora, lora_sites
 from cola_opt.chain.lr_schedules import linear_schedule
 
@@ -44,8 +44,10 @@ def test_export_merged_model_links_and_record(tmp_path):
 
     merged = export_merged(chain, model, tmp_path / "out", extra={"task": "toy"})
     assert not any("lora" in n for n, _ in merged.named_parameters())
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "chain.json", "config.json", "generation_config.json", "model.safetensors"]
+    listing = ["chain.json", "cola_opt_export.json", "config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == listing
+    marker = json.loads((tmp_path / "out" / EXPORT_MARKER).read_text())
+    assert marker["tool"] == "cola_opt" and marker["kind"] == "merged" and marker["entries"] == listing
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left over
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..chain.reset import make_reset_policy
 from ..chain.schedules import uniform_knots, validate_knots
 from ..checks import integer, real
+from .export import check_export_target
 from .guard import GUARD_POLICIES
 from .lora import LoraSettings
 from .tasks import get_task
@@ -26,7 +27,7 @@ METHODS = ("zero-shot", "lora", "cola", "full")
 RESUME_MODES = ("auto", "require", "never")
 # fields a resumed run may change: they do not change the trained weights (nonfinite: to skip a step that stopped)
 RESUMABLE_CHANGES = ("data_dir", "device", "eval_batch_size", "output_dir", "progress", "checkpoint_every", "resume",
-                     "nonfinite", "export_dir")
+                     "nonfinite", "export_dir", "max_consecutive_skips")
 
 
 def _f(default, help: str, **kw):
@@ -90,6 +91,10 @@ class FinetuneConfig:
     nonfinite: str = _f(
         "stop", "on a NaN/inf loss or gradient: stop (write a checkpoint of the last finite step, then raise) or "
         "skip (drop that step's update; the step still counts for the LR schedule and the knots)"
+    )
+    max_consecutive_skips: int = _f(
+        10, "with --nonfinite skip: stop with an error at this many non-finite steps in a row (optimizer steps; "
+        "a diverged run)"
     )
     export_dir: str | None = _f(
         None, "after training, write the merged model here: an HF model directory with chain.json (none = off)"
@@ -161,17 +166,23 @@ class FinetuneConfig:
             raise ValueError(f"resume {self.resume!r} must be one of {RESUME_MODES}")
         if self.nonfinite not in GUARD_POLICIES:
             raise ValueError(f"nonfinite {self.nonfinite!r} must be one of {GUARD_POLICIES}")
+        integer(self.max_consecutive_skips, "max_consecutive_skips", 1)
         if self.method == "zero-shot" and (self.export_dir or self.export_links):
             raise ValueError("export_dir and export_links need a trained method; method zero-shot trains nothing")
         if self.method == "full" and self.export_links:
             raise ValueError("export_links needs a LoRA method (lora or cola); method full has no links")
         if self.export_dir and self.export_links:
             d, links = Path(self.export_dir).resolve(), Path(self.export_links).resolve()
-            if links == d or d in links.parents:
+            if links == d or d in links.parents or links in d.parents:
                 raise ValueError(
-                    f"export_links {self.export_links!r} must lie outside export_dir {self.export_dir!r}: "
-                    "the export replaces that directory as a whole"
+                    f"export_links {self.export_links!r} must lie outside export_dir {self.export_dir!r}, and "
+                    "export_dir outside export_links: the export replaces its directory as a whole"
                 )
+        run_dir = Path(self.output_dir) / f"{self.task}_{self.method}_s{self.seed}"  # trainer.run_dir_of
+        for name in ("export_dir", "export_links"):
+            if getattr(self, name):
+                check_export_target(getattr(self, name), name, output_dir=self.output_dir, run_dir=run_dir,
+                                    links=name == "export_links")
 
     def lora_settings(self) -> LoraSettings:
         """The LoRA part of the config."""

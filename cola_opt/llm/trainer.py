@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_directory, atomic_save_json
+from ..atomic import atomic_save_json
 from ..chain.optimizer import ResidualLowRankOptimizer
 from .checkpoint import CHECKPOINT_DIR, DeferredInterrupt, capture_rng, config_differences, remove_checkpoints, run_lock
 from .config import RESUMABLE_CHANGES, FinetuneConfig, plan_steps
-from .export import LinkAdapterWriter, export_merged
+from .export import LinkAdapterWriter, export_full, export_merged
 from .guard import NonFiniteError, NonFiniteGuard
 from .lora import check_targets, inject_lora, lora_sites
 from .models import load_model
@@ -168,10 +168,14 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         result["test"] = run_eval("test", model)
         result["dev"] = result["dev_history"][-1] if result["dev_history"] else None
         result["test_seconds"] = time.perf_counter() - t_eval
-        result["export_dir"] = _export(cfg, model, chain, tok) if cfg.export_dir else None
+        result["export_dir"] = None
         result["wall_seconds"] = time.perf_counter() - t_start
         out = run_dir / "results.json"
-        atomic_save_json(result, out)
+        atomic_save_json(result, out)  # before the export: a failed export never loses a finished run
+        if cfg.export_dir:
+            result["export_dir"] = _export(cfg, model, chain, tok)
+            result["wall_seconds"] = time.perf_counter() - t_start
+            atomic_save_json(result, out)
         if trains:
             remove_checkpoints(run_dir)
     result["results_path"] = str(out)
@@ -180,12 +184,10 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
 
 def _export(cfg: FinetuneConfig, model, chain, tokenizer) -> str:
     """Write the trained model to ``cfg.export_dir`` (after the test evaluation: this consumes a PEFT model)."""
+    extra = {k: getattr(cfg, k) for k in ("task", "model", "method", "seed", "lr")}
     if cfg.method == "full":
-        with atomic_directory(cfg.export_dir) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        export_full(model, cfg.export_dir, tokenizer=tokenizer, extra=extra)
     else:
-        extra = {k: getattr(cfg, k) for k in ("task", "model", "method", "seed", "lr")}
         export_merged(chain, model, cfg.export_dir, tokenizer=tokenizer, extra=extra)
     return str(cfg.export_dir)
 
@@ -272,7 +274,7 @@ def _train(cfg, model, enc, pad, total_steps, knots, result, run_eval, run_dir, 
     model, chain, sched = _build(cfg, model, total_steps, knots)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    guard = NonFiniteGuard(cfg.nonfinite)
+    guard = NonFiniteGuard(cfg.nonfinite, cfg.max_consecutive_skips)
     links = LinkAdapterWriter(chain, model, cfg.export_links) if cfg.export_links else None
     bar = tqdm(total=total_steps, desc=f"{cfg.method} {cfg.task}", disable=not cfg.progress, unit="step")
     saves = cfg.checkpoint_every > 0 or resume_from is not None
