@@ -46,7 +46,7 @@ def test_a_write_killed_before_the_pointer_leaves_the_old_checkpoint(tmp_path, m
     _write(tmp_path, 1, model, opt, sched)
     _step(model, opt, sched)
 
-    def killed(*a):
+    def killed(*a, **k):
         raise KeyboardInterrupt("killed between the new directory and the pointer")
 
     monkeypatch.setattr(checkpoint, "_write_pointer", killed)
@@ -59,8 +59,12 @@ def test_a_write_killed_before_the_pointer_leaves_the_old_checkpoint(tmp_path, m
     (root / ".step-000003.abc.tmp").mkdir()  # what a kill inside atomic_directory leaves
     _step(model, opt, sched)
     assert _write(tmp_path, 3, model, opt, sched) == root / "step-000003"
-    assert sorted(p.name for p in root.iterdir()) == ["latest.json", "step-000003"]
+    # the unread step-2 and the temporary are gone; step-1 stays as the previous checkpoint
+    assert sorted(p.name for p in root.iterdir()) == ["latest.json", "step-000001", "step-000003"]
     assert read_state(root / "step-000003")["step"] == 3
+    _step(model, opt, sched)
+    _write(tmp_path, 4, model, opt, sched)
+    assert sorted(p.name for p in root.iterdir()) == ["latest.json", "step-000003", "step-000004"]  # the last two
     remove_checkpoints(tmp_path)
     assert find_checkpoint(tmp_path) is None and not root.exists()
 
