@@ -29,7 +29,7 @@ from .config import RESUMABLE_CHANGES, FinetuneConfig, plan_steps
 from .export import LinkAdapterWriter, export_full, export_merged
 from .guard import NonFiniteError, NonFiniteGuard
 from .lora import check_targets, inject_lora, lora_sites
-from .models import load_model
+from .models import check_float_model, load_model
 from .resume import RunCheckpoints, resume_point, run_fingerprint, stopped_error
 from .scoring import autocast_context, candidate_scores, classification_loss, encode_examples, evaluate
 from .tasks import Splits, get_task, sample_splits
@@ -73,6 +73,8 @@ def _prepare(cfg: FinetuneConfig, splits: Splits | None):
     per_epoch, total, knots = plan_steps(cfg, len(splits.train))
     if cfg.method in ("lora", "cola"):
         check_targets(cfg.model, cfg.lora_settings(), cfg.link_ranks or ())
+    elif cfg.method == "full":
+        check_float_model(cfg.model)  # a quantized base cannot be trained in full either
     return splits, per_epoch, total, knots
 
 
