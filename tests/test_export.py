@@ -10,6 +10,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from cola_opt import ResidualLowRankOptimizer
+from cola_opt.chain.lr_schedules import linear_schedule
 from cola_opt.llm.export import (
     CHAIN_RECORD_FILE,
     EXPORT_MARKER,
@@ -20,7 +21,6 @@ from cola_opt.llm.export import (
     foreign_entries,
 )
 from cola_opt.llm.lora import LoraSettings, inject_lora, lora_sites
-from cola_opt.chain.lr_schedules import linear_schedule
 
 
 def _tiny_llama():

@@ -172,7 +172,7 @@ def test_real_bitsandbytes_bases_are_refused(bits, tmp_path):
 
     _llama().save_pretrained(tmp_path)
     quant = BitsAndBytesConfig(load_in_8bit=bits == 8, load_in_4bit=bits == 4)
-    load = lambda: AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quant, device_map="cpu")  # noqa: E731
+    load = lambda: AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quant, device_map="cpu")
     dtype = "int8" if bits == 8 else "uint8"
     with pytest.raises(ValueError, match=rf"q_proj' is quantized \(bitsandbytes.* weight dtype torch.{dtype}"):
         inject_lora(load(), LoraSettings(r=2))

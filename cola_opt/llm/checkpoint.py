@@ -223,8 +223,9 @@ def find_checkpoint(run_dir: str | os.PathLike, *, required: Sequence[str] = (),
         if not steps:
             return None
         faults.append(f"{root / _POINTER} is missing")
-    order = [pointer["dir"], pointer["previous"]] if pointer is not None else []
-    order = [n for n in order if n] + [s for s in steps if s not in order]
+    order = [pointer["dir"]] if pointer is not None else []
+    order += [s for s in ([pointer["previous"]] if pointer is not None else []) + steps if s and s in steps
+              and s not in order]
     broken: list[str] = []
     for i, name in enumerate(order):
         path = root / name

@@ -53,7 +53,7 @@ DEFAULT_METHODS = ("zero-shot", "lora", "cola2", "cola3", "stepdown-r2", "stepdo
 _PER_RUN = ("task", "method", "seed", "lr", "chain_length", "knot_steps", "link_ranks", "output_dir", "progress")
 _NO_EFFECT = ("data_dir", "device", "eval_batch_size", "checkpoint_every", "resume", "export_dir", "export_links")
 # fields added after grids were fingerprinted: left out of the fingerprint at their old behaviour
-_LATER_DEFAULTS = {"nonfinite": "stop"}
+_LATER_DEFAULTS = {"nonfinite": "stop", "max_consecutive_skips": 10}
 
 
 @dataclass
