@@ -51,9 +51,9 @@ def _install(pause: str) -> None:
     elif pause == "pointer":
         write_pointer = checkpoint._write_pointer
 
-        def pause_then_point(root, name, step):
+        def pause_then_point(root, name, step, **kw):
             _pause(f"pointer {name}")
-            write_pointer(root, name, step)
+            write_pointer(root, name, step, **kw)
 
         checkpoint._write_pointer = pause_then_point
     elif pause.startswith("forward:"):
