@@ -8,7 +8,8 @@ the directory entry are ``fsync``-ed, so the rename survives a power cut too.
 - :func:`atomic_save_tensors`: a ``dict[str, Tensor]`` as safetensors.
 - :func:`atomic_save_json`: any JSON-serialisable object.
 - :func:`atomic_directory`: a whole directory (an HF model, a PEFT adapter) written
-  under a temporary name and renamed into place when complete.
+  under a temporary name and renamed into place when complete; it replaces a non-empty
+  directory only when its caller vouches for it (``may_replace``).
 """
 
 from __future__ import annotations
@@ -136,21 +137,38 @@ def load_json(path: str | os.PathLike) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, *, may_replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; when the block ends cleanly, it becomes ``path``.
 
-    If the block raises, the temporary directory is removed and ``path`` is untouched. If
-    ``path`` already exists it is replaced: it is first renamed aside, then the new one
-    renamed in, then the old one deleted; a crash between the two renames leaves the old
-    directory complete under ``.<name>.old-*``. A directory that exists under its final
-    name is always complete.
+    If the block raises, the temporary directory is removed and ``path`` is untouched.
+    An existing *empty* directory is replaced. An existing non-empty one is replaced only
+    if ``may_replace(path)`` returns (it raises to refuse); without ``may_replace`` it is
+    refused, so this never deletes a folder its caller did not vouch for. A replaced
+    directory is first renamed aside, then the new one renamed in, then the old one
+    deleted; a crash between the two renames leaves the old directory complete under
+    ``.<name>.old-*``. A directory that exists under its final name is always complete.
+
+    Args:
+        path: the directory to write.
+        may_replace: called with ``path`` before any work and again just before the swap,
+            when ``path`` is a non-empty directory; raises (``ValueError``, say) to refuse.
 
     Raises:
         ValueError: if ``path`` exists and is not a directory.
+        FileExistsError: if ``path`` is a non-empty directory and no ``may_replace`` is
+            given; whatever ``may_replace`` raises. Both before anything is written.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"atomic_directory: {path} exists and is not a directory")
+
+    def vouch() -> None:
+        if path.is_dir() and any(path.iterdir()):
+            if may_replace is None:
+                raise FileExistsError(f"atomic_directory: {path} exists and is not empty; refusing to replace it")
+            may_replace(path)
+
+    vouch()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700 would make the directory private
@@ -161,6 +179,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
                 with open(os.path.join(root, name), "rb+") as f:
                     os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # as open() would: safetensors writes 0600
                     os.fsync(f.fileno())
+        vouch()  # the folder may have changed while the block ran
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))

@@ -83,12 +83,40 @@ def test_atomic_directory_appears_complete_or_not_at_all(tmp_path):
     assert os.listdir(tmp_path) == []
     with atomic_directory(out) as tmp:
         (tmp / "a.json").write_text('{"v": 1}')
-    with atomic_directory(out) as tmp:  # replaces the old one
+    with atomic_directory(out, may_replace=lambda p: None) as tmp:  # replaces the old one: the caller vouches
         (tmp / "b.json").write_text('{"v": 2}')
     assert os.listdir(out) == ["b.json"] and os.listdir(tmp_path) == ["ckpt"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a directory"), atomic_directory(tmp_path / "file"):
         pass
+
+
+def test_atomic_directory_never_replaces_a_folder_nobody_vouched_for(tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "mine.txt").write_text("the user's notes")
+    with pytest.raises(FileExistsError, match="notes exists and is not empty"), atomic_directory(out) as tmp:
+        (tmp / "x").write_text("never")
+    assert os.listdir(out) == ["mine.txt"] and (out / "mine.txt").read_text() == "the user's notes"
+
+    def refuse(path):
+        raise ValueError(f"{path.name} is not ours")
+
+    with pytest.raises(ValueError, match="notes is not ours"), atomic_directory(out, may_replace=refuse):
+        pass
+    assert os.listdir(tmp_path) == ["notes"] and os.listdir(out) == ["mine.txt"]  # no temporary left either
+
+    # a file that appears while the block runs is seen before the swap
+    calls = []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="empty is not ours"), atomic_directory(empty, may_replace=refuse) as tmp:
+        calls.append(1)
+        (empty / "late.txt").write_text("written meanwhile")
+    assert calls == [1] and os.listdir(empty) == ["late.txt"]
+    with atomic_directory(tmp_path / "fresh") as tmp:  # an empty or missing folder needs no vouching
+        (tmp / "a").write_text("1")
+    assert os.listdir(tmp_path / "fresh") == ["a"]
 
 
 _WRITER = textwrap.dedent("""

@@ -5,7 +5,8 @@ import torch
 from filelock import FileLock
 
 from cola_opt.llm.config import FinetuneConfig
-from cola_opt.llm.locks import RUN_LOCK, exclusive_lock
+from cola_opt.llm.locks import exclusive_lock
+from cola_opt.llm.run_state import LOCK_FILE
 from cola_opt.llm.trainer import finetune
 
 
@@ -26,7 +27,7 @@ def test_training_in_a_locked_run_folder_is_refused_before_any_step(tiny_model_d
                          checkpoint_every=1, output_dir=str(tmp_path))
     stepped = []
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda *a, **k: stepped.append(1))
-    lock = cfg.run_dir / "checkpoint" / RUN_LOCK
+    lock = cfg.run_dir / "checkpoint" / LOCK_FILE
     lock.parent.mkdir(parents=True)
     with FileLock(lock), pytest.raises(RuntimeError, match="another process is training in .*wsc_lora_s0"):
         finetune(cfg)

@@ -81,3 +81,54 @@ def test_chain_rank_grows_past_r():
         chain.tie_knot()
     sv = torch.linalg.svdvals((sites[0].weight - w0).double())
     assert int((sv > 1e-6 * sv[0]).sum()) == 6
+
+
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64, tie_word_embeddings=False,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(cfg)
+
+
+# issue 9, item 4: every PEFT LoRA layer type the chain meets is a site, and a knot merges it exactly
+@pytest.mark.parametrize("build,targets,kinds", [
+    (tiny_llama, ["embed_tokens", "q_proj", "v_proj"], {"Embedding": 1, "Linear": 4}),
+    (tiny_gpt2, ["wte", "c_attn", "c_fc"], {"Embedding": 1, "Conv1D": 4}),
+], ids=["llama-embedding", "gpt2-conv1d-embedding"])
+def test_embedding_and_conv1d_links_are_sites_and_knots_merge_them_exactly(build, targets, kinds):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(build(), LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    sites = lora_sites(model)
+    found = {}
+    for s in sites:
+        k = type(s.layer.get_base_layer()).__name__
+        found[k] = found.get(k, 0) + 1
+    assert found == kinds  # nothing skipped
+    chain = ResidualLowRankOptimizer(sites, lr=1e-2, knot_steps=[1, 2])
+    ids = torch.randint(0, 128, (2, 10))
+    g = torch.Generator().manual_seed(3)
+    model.eval()
+    for _ in range(2):
+        with torch.no_grad():
+            for s in sites:  # a trained-looking link on every site (PEFT starts lora.Embedding at A = 0)
+                s.lora_B.copy_(torch.randn(s.lora_B.shape, generator=g) * 0.1)
+                s.lora_A.copy_(torch.randn(s.lora_A.shape, generator=g) * 0.1)
+            before = model(input_ids=ids).logits
+            deltas = [s.delta() for s in sites]
+            w_before = [s.weight.detach().clone() for s in sites]
+        assert min(float(d.abs().max()) for d in deltas) > 1e-3
+        chain.tie_knot()
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=ids).logits, before, atol=1e-5, rtol=0)
+            with model.disable_adapter():  # the base alone now carries every link
+                torch.testing.assert_close(model(input_ids=ids).logits, before, atol=1e-5, rtol=0)
+        for s, wb, d in zip(sites, w_before, deltas):
+            torch.testing.assert_close(s.weight, wb + d, atol=0, rtol=0)
+            assert float(s.delta().abs().max()) == 0.0  # a fresh link
+            if s.embedding:  # PEFT's start: A = 0, B standard normal
+                assert float(s.lora_A.abs().max()) == 0.0 and 0.5 < float(s.lora_B.std()) < 1.5
+            else:
+                assert float(s.lora_B.abs().max()) == 0.0 and float(s.lora_A.abs().max()) > 0.0

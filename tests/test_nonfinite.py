@@ -159,3 +159,21 @@ def test_knot_refuses_an_overflow_on_the_cast(dtype, big, delta):
     with pytest.raises(NonFiniteUpdateError, match=f"site 'W1' would overflow {dtype}"):
         chain.tie_knot()
     _assert_unchanged(chain, sites, snap)
+
+
+# ------------------------------------------------------------------ evaluation (issue 9, item 6)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_an_evaluation_with_non_finite_scores_is_an_error_not_an_accuracy(value):
+    from conftest import tiny_llama
+
+    from cola_opt.llm.scoring import Encoded, evaluate
+
+    model = tiny_llama(128)
+    data = [Encoded((3, 4, 5, 6), ((7,), (8,)), i % 2) for i in range(6)]
+    ok = evaluate(model, data, pad_id=0)
+    assert ok["n"] == 6 and 0.0 <= ok["accuracy"] <= 1.0  # finite weights: an accuracy
+    with torch.no_grad():
+        model.lm_head.weight[7, 0] = value  # one weight: the softmax, so every score, is no longer finite
+    with pytest.raises(NonFiniteError, match=r"evaluation: 12 of the 12 candidate scores of a batch are NaN or inf"):
+        evaluate(model, data, pad_id=0)
+    assert model.training  # left as it was (tiny_llama builds in train mode)

@@ -1,21 +1,34 @@
 """Crash-safe checkpoints of a fine-tuning run: write, find, check, restore, remove.
 
-A run folder ``<output_dir>/<task>_<method>_s<seed>/`` holds at most one live checkpoint::
+A run folder ``<output_dir>/<task>_<method>_s<seed>/`` holds the last two checkpoints::
 
     checkpoint/
-        latest.json              the pointer: {"format", "dir": "step-000006", "step": 6}
+        latest.json              the pointer: {"format", "dir": "step-000006", "step": 6,
+                                 "previous": "step-000003"}
         step-000006/
             tensors.safetensors  changing model tensors, optimizer state, RNG states
             state.json           chain and scheduler state, the caller's state (config,
                                  data position, results so far), tensor references
+        step-000003/             the previous checkpoint: the fallback if the latest is broken
         lock                     held (flock) by the process training in this folder
 
-A checkpoint switches over as one unit: the new ``step-*`` directory is written
-complete under a temporary name and renamed into place (:func:`cola_opt.atomic.atomic_directory`),
-then ``latest.json`` is replaced atomically to point at it, then the old directory is
-deleted. A kill at any moment leaves ``latest.json`` pointing at a complete directory,
-the old one or the new one; anything else in the folder is a leftover of a killed
-write, never read, and deleted by the next write.
+**Writing.** A checkpoint switches over as one unit: the new ``step-*`` directory is
+written complete under a temporary name and renamed into place
+(:func:`cola_opt.atomic.atomic_directory`), then ``latest.json`` is replaced atomically to
+point at it (its ``previous`` naming the checkpoint it replaces), then the checkpoint
+before that one is deleted. A kill at any moment leaves ``latest.json`` pointing at a
+complete directory; anything else in the folder is a leftover of a killed write, deleted
+by the next write.
+
+**Reading** (:func:`find_checkpoint`). A file can still be damaged after it was written
+(a full disk, a bad copy, an edit). Each candidate, the pointed directory first, then its
+``previous``, then any other ``step-*`` directory, newest first, is checked in full:
+``state.json`` parses and has every entry, ``tensors.safetensors`` loads and holds every
+tensor ``state.json`` names, and every float tensor is finite. The first that passes is
+used. If it is not the pointed one, a warning names each broken file and its fault, the
+broken directories are kept as ``broken-step-*`` and ``latest.json`` is rewritten to point
+at the one used. If none passes, :class:`CheckpointError` names them all: a run never
+silently starts over.
 
 "Changing model tensors" are the Parameters that training can change: every trainable
 one (the link's factors, trained biases; every weight for full fine-tuning) and the base
@@ -25,31 +38,41 @@ fingerprint of them (:func:`frozen_fingerprint`) checks that a resume loads the 
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import random
+import re
 import shutil
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..atomic import atomic_directory, atomic_save_json, atomic_save_tensors, load_json, load_tensors
+from .run_state import (
+    CHECKPOINT_DIR,
+    LOCK_FILE,
+    DeferredInterrupt,
+    capture_rng,
+    changing_parameters,
+    config_differences,
+    frozen_fingerprint,
+    pack_state,
+    restore_rng,
+    tensor_keys,
+    unpack_state,
+)
 
 __all__ = [
     "CHECKPOINT_DIR",
     "CHECKPOINT_FORMAT",
+    "CheckpointError",
     "DeferredInterrupt",
     "capture_rng",
     "changing_parameters",
     "checkpoint_bytes",
+    "checkpoint_path",
     "config_differences",
     "find_checkpoint",
     "frozen_fingerprint",
@@ -57,144 +80,189 @@ __all__ = [
     "remove_checkpoints",
     "restore_checkpoint",
     "restore_rng",
-    "run_lock",
     "write_checkpoint",
 ]
 
-CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FORMAT = "cola_opt.checkpoint/1"
 _POINTER = "latest.json"
-_LOCK = "lock"
 _TENSORS = "tensors.safetensors"
 _STATE = "state.json"
+_ENTRIES = ("step", "model", "chain", "scheduler", "rng", "state")
+_STEP_DIR = re.compile(r"step-\d{6,}")
+_BROKEN = "broken-"
 
 
-# --------------------------------------------------------------------- JSON + tensors
-def _pack(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
-    """``obj`` as JSON-ready data; its tensors go to ``tensors`` under ``key``-derived names."""
-    if isinstance(obj, torch.Tensor):
-        tensors[key] = obj
-        return {"__tensor__": key}
-    if isinstance(obj, np.ndarray):
-        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj))
-        return {"__ndarray__": key}
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_pack(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_pack(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) for k in obj):
-            return {k: _pack(v, tensors, f"{key}.{k}") for k, v in obj.items()}
-        return {"__items__": [[k, _pack(v, tensors, f"{key}.{k}")] for k, v in obj.items()]}
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(f"cannot store {type(obj).__name__} at {key!r} in a checkpoint")
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: the message names the file and the fault."""
 
 
-def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, list):
-        return [_unpack(v, tensors) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    if "__tensor__" in obj:
-        return tensors[obj["__tensor__"]]
-    if "__ndarray__" in obj:
-        return tensors[obj["__ndarray__"]].numpy()
-    if "__tuple__" in obj:
-        return tuple(_unpack(v, tensors) for v in obj["__tuple__"])
-    if "__items__" in obj:
-        return {k: _unpack(v, tensors) for k, v in obj["__items__"]}
-    return {k: _unpack(v, tensors) for k, v in obj.items()}
+def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where the checkpoint of optimizer step ``step`` of ``run_dir`` lives."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"step-{step:06d}"
 
 
-# --------------------------------------------------------------------- what changes
-def changing_parameters(model: nn.Module, chain) -> dict[str, nn.Parameter]:
-    """The Parameters training can change, by name: trainable ones and the chain's site weights.
-
-    Args:
-        model: the trained module (a ``PeftModel`` for LoRA methods).
-        chain: a :class:`cola_opt.chain.optimizer.ResidualLowRankOptimizer`, or anything without
-            ``sites`` (full fine-tuning).
-    """
-    site_ptrs = {s.weight.data_ptr() for s in getattr(chain, "sites", ())}
-    return {n: p for n, p in model.named_parameters() if p.requires_grad or p.data_ptr() in site_ptrs}
+def _entries(n: int) -> str:
+    return "entry" if n == 1 else "entries"
 
 
-@torch.no_grad()
-def frozen_fingerprint(model: nn.Module, chain) -> str:
-    """SHA-1 (16 hex digits) of the names, shapes, dtypes and bytes of the frozen weights.
-
-    The weights a checkpoint does not hold must be those of the model it was written
-    with; this is the check. It hashes the exact bytes (on the CPU), so it does not
-    depend on the device or the thread count; the site weights, which knots change, are
-    left out. Cost: one pass over the frozen weights (SmolLM2-135M: see docs/trainer.md).
-    """
-    changing = set(changing_parameters(model, chain))
-    h = hashlib.sha1()
-    for name, p in model.named_parameters():
-        if name not in changing:
-            h.update(f"{name}|{tuple(p.shape)}|{p.dtype};".encode())
-            h.update(p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()[:16]
-
-
-def capture_rng() -> dict[str, Any]:
-    """The global RNG states: torch (CPU and every CUDA device), NumPy and Python's ``random``."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Set the global RNG states from :func:`capture_rng`."""
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------- the folder
-def _pointed(root: Path) -> str | None:
-    pointer = root / _POINTER
-    if not pointer.is_file():
-        return None
-    name = load_json(pointer)["dir"]
-    return name if (root / name / _STATE).is_file() else None
-
-
-def find_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The complete checkpoint directory of ``run_dir`` that ``latest.json`` points at, or ``None``."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    name = _pointed(root)
-    return root / name if name else None
+# --------------------------------------------------------------------- checks
+def _load_json_file(path: Path) -> Any:
+    try:
+        return load_json(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path} is not valid JSON (truncated or damaged): {e}") from None
 
 
 def read_state(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON part of a checkpoint (no tensors loaded): ``format``, ``step``, the caller's ``state``, ...
 
     Raises:
-        ValueError: if the checkpoint has another format, naming it.
+        CheckpointError: (a ``ValueError``) if ``state.json`` is missing, is not JSON, has
+            another format, or lacks one of its entries; naming the file and the fault.
     """
-    state = load_json(Path(path) / _STATE)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"checkpoint {path} has format {state.get('format')!r}; this version reads {CHECKPOINT_FORMAT!r}"
+    file = Path(path) / _STATE
+    doc = _load_json_file(file)
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{file} holds a JSON {type(doc).__name__}, not a checkpoint's state")
+    if doc.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} has format {doc.get('format')!r}; this version reads {CHECKPOINT_FORMAT!r}"
         )
-    return state
+    missing = [k for k in _ENTRIES if k not in doc]
+    if missing:
+        raise CheckpointError(f"{file} has no {', '.join(map(repr, missing))} {_entries(len(missing))} "
+                              "(truncated or edited)")
+    if not isinstance(doc["model"], list) or not isinstance(doc["state"], dict):
+        raise CheckpointError(f"{file}: its 'model' is not a list or its 'state' not an object (edited?)")
+    return doc
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any], may_differ: tuple[str, ...] = ()) -> list[str]:
-    """``"name: saved -> current"`` for every config entry that differs, outside ``may_differ``."""
-    names = sorted((set(saved) | set(current)) - set(may_differ))
-    missing = object()
-    return [f"{n}: {saved.get(n, missing)!r} -> {current.get(n, missing)!r}".replace(repr(missing), "(absent)")
-            for n in names if saved.get(n, missing) != current.get(n, missing)]
+def _load_checked(path: Path, required: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(state.json, tensors)`` of a checkpoint, every check of the module docstring passed.
+
+    Raises:
+        CheckpointError: naming the file and the first fault found.
+    """
+    doc = read_state(path)
+    missing = [k for k in required if k not in doc["state"]]
+    if missing:
+        raise CheckpointError(f"{path / _STATE}: its 'state' has no {', '.join(map(repr, missing))} "
+                              f"{_entries(len(missing))} (written by another version, or edited)")
+    file = path / _TENSORS
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing")
+    from safetensors import SafetensorError
+
+    try:
+        tensors = load_tensors(file)
+    except (SafetensorError, OSError, ValueError) as e:  # a truncated or damaged file
+        raise CheckpointError(f"{file} cannot be read (truncated or damaged): {type(e).__name__}: {e}") from None
+    wanted = [f"model/{n}" for n in doc["model"]] + tensor_keys([doc[k] for k in ("chain", "scheduler", "rng", "state")])
+    absent = [k for k in wanted if k not in tensors]
+    if absent:
+        raise CheckpointError(f"{file} lacks {len(absent)} of the tensors that {_STATE} names, {absent[0]!r} first")
+    for key, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{file}: tensor {key!r} holds {bad} NaN or inf {_entries(bad)} (of {t.numel()})")
+    return doc, tensors
 
 
-def _write_pointer(root: Path, name: str, step: int) -> None:
-    atomic_save_json({"format": CHECKPOINT_FORMAT, "dir": name, "step": step}, root / _POINTER)
+# --------------------------------------------------------------------- the folder
+def _read_pointer(root: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """``(pointer, faults)``: the parsed ``latest.json`` (``None`` if missing or broken) and what is wrong with it."""
+    file = root / _POINTER
+    if not file.exists():
+        return None, []
+    try:
+        doc = _load_json_file(file)
+    except CheckpointError as e:
+        return None, [str(e)]
+    if not isinstance(doc, dict) or not isinstance(doc.get("dir"), str) or not _STEP_DIR.fullmatch(doc["dir"]):
+        return None, [f"{file} names no checkpoint directory ({str(doc)[:80]!r})"]
+    if not (isinstance(doc.get("previous"), str) and _STEP_DIR.fullmatch(doc["previous"])):
+        doc["previous"] = None
+    return doc, []
+
+
+def _step_dirs(root: Path) -> list[str]:
+    """The ``step-*`` directories of ``root``, newest first."""
+    return sorted((e.name for e in root.iterdir() if e.is_dir() and _STEP_DIR.fullmatch(e.name)), reverse=True)
+
+
+def _stderr(text: str) -> None:
+    print(f"cola-opt: warning: {text}", file=sys.stderr, flush=True)
+
+
+def find_checkpoint(run_dir: str | os.PathLike, *, required: Sequence[str] = (),
+                    warn: Callable[[str], None] | None = None) -> Path | None:
+    """The newest usable checkpoint directory of ``run_dir``, or ``None`` if there is none at all.
+
+    Checks and falls back as the module docstring says; a fallback is reported through
+    ``warn`` (default: a line on stderr) and repairs the folder (``broken-*``, pointer).
+
+    Args:
+        run_dir: the run folder.
+        required: entries the caller's ``state`` must hold (see :func:`write_checkpoint`).
+        warn: receives one line per fallback.
+
+    Raises:
+        CheckpointError: if the folder holds a pointer or ``step-*`` directories but no
+            usable checkpoint; the message names every file tried and its fault.
+    """
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return None
+    pointer, faults = _read_pointer(root)
+    steps = _step_dirs(root)
+    if pointer is None and not faults:
+        if not steps:
+            return None
+        faults.append(f"{root / _POINTER} is missing")
+    order = [pointer["dir"]] if pointer is not None else []
+    order += [s for s in ([pointer["previous"]] if pointer is not None else []) + steps if s and s in steps
+              and s not in order]
+    broken: list[str] = []
+    for i, name in enumerate(order):
+        path = root / name
+        try:
+            if not path.is_dir():
+                raise CheckpointError(f"{path}, which {root / _POINTER} points at, is missing")
+            _load_checked(path, required)
+        except CheckpointError as e:
+            faults.append(str(e))
+            broken += [name] if path.is_dir() else []
+            continue
+        if faults:
+            kept = [_BROKEN + b for b in broken]
+            for b, k in zip(broken, kept):
+                shutil.rmtree(root / k, ignore_errors=True)  # an older broken copy of the same step
+                os.replace(root / b, root / k)
+            later = next((n for n in order[i + 1:] if (root / n).is_dir()), None)
+            _write_pointer(root, name, int(name.removeprefix("step-")), previous=later)
+            (warn or _stderr)(f"{'; '.join(faults)}. Resuming from the newest complete checkpoint, {path}"
+                              + (f"; the broken one is kept as {', '.join(kept)}" if kept else ""))
+        return path
+    raise CheckpointError(f"no usable checkpoint in {root}: {'; '.join(faults)}")
+
+
+def _write_pointer(root: Path, name: str, step: int, previous: str | None = None) -> None:
+    atomic_save_json({"format": CHECKPOINT_FORMAT, "dir": name, "step": step, "previous": previous},
+                     root / _POINTER)
+
+
+def _current_and_previous(root: Path) -> tuple[str | None, str | None]:
+    """The pointed checkpoint and its ``previous``; with a broken pointer, the newest ``step-*`` as current."""
+    if not root.is_dir():
+        return None, None
+    pointer, _ = _read_pointer(root)
+    if pointer is None:
+        steps = [s for s in _step_dirs(root) if (root / s / _STATE).is_file()]
+        return (steps[0] if steps else None), None
+    current = pointer["dir"] if (root / pointer["dir"] / _STATE).is_file() else None
+    return current, pointer["previous"]
 
 
 def write_checkpoint(
@@ -208,6 +276,8 @@ def write_checkpoint(
     rng: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint of optimizer step ``step`` and switch ``latest.json`` to it.
+
+    The checkpoint it replaces stays as ``previous``; the one before is deleted.
 
     Args:
         run_dir: the run folder; the checkpoint goes to ``run_dir/checkpoint/step-<step>``.
@@ -228,11 +298,11 @@ def write_checkpoint(
         TypeError: if ``state`` holds something neither JSON nor a tensor, before any file
             is written.
     """
-    root = Path(run_dir) / CHECKPOINT_DIR
-    name = f"step-{step:06d}"
-    current = _pointed(root)
+    path = checkpoint_path(run_dir, step)
+    root, name = path.parent, path.name
+    current, previous = _current_and_previous(root)
     if current == name:
-        return root / name
+        return path
     tensors: dict[str, torch.Tensor] = {}
     params = changing_parameters(model, chain)
     for n, p in params.items():
@@ -241,28 +311,29 @@ def write_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "step": step,
         "model": list(params),
-        "chain": _pack(chain.state_dict(), tensors, "chain"),
-        "scheduler": _pack(scheduler.state_dict(), tensors, "scheduler"),
-        "rng": _pack(rng if rng is not None else capture_rng(), tensors, "rng"),
-        "state": _pack(state, tensors, "state"),
+        "chain": pack_state(chain.state_dict(), tensors, "chain"),
+        "scheduler": pack_state(scheduler.state_dict(), tensors, "scheduler"),
+        "rng": pack_state(rng if rng is not None else capture_rng(), tensors, "rng"),
+        "state": pack_state(state, tensors, "state"),
     }
     root.mkdir(parents=True, exist_ok=True)
-    for entry in root.iterdir():  # leftovers of a killed write: never pointed at, never read
-        if entry.name not in (_POINTER, _LOCK, current):
+    for entry in root.iterdir():  # leftovers of a killed write; broken-* are kept for inspection
+        if entry.name not in (_POINTER, LOCK_FILE, current, previous) and not entry.name.startswith(_BROKEN):
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    with atomic_directory(root / name) as tmp:
+    with atomic_directory(path) as tmp:
         atomic_save_tensors(tensors, tmp / _TENSORS)
         atomic_save_json(doc, tmp / _STATE)
-    _write_pointer(root, name, step)
-    if current is not None:
-        shutil.rmtree(root / current, ignore_errors=True)
-    return root / name
+    _write_pointer(root, name, step, previous=current)
+    if previous is not None and previous not in (current, name):
+        shutil.rmtree(root / previous, ignore_errors=True)
+    return path
 
 
 @torch.no_grad()
 def restore_checkpoint(path: str | os.PathLike, *, model: nn.Module, chain, scheduler) -> dict[str, Any]:
     """Load a checkpoint into a freshly built model, chain and scheduler; set the RNG states.
 
+    The checkpoint is checked in full first (files, entries, tensors present and finite).
     Order: the chain first (it resizes factors whose rank changed and loads the inner
     optimizer's state), then the model tensors, then the scheduler, then the RNG states.
 
@@ -270,13 +341,13 @@ def restore_checkpoint(path: str | os.PathLike, *, model: nn.Module, chain, sche
         the caller's ``state`` as it was given to :func:`write_checkpoint`.
 
     Raises:
+        CheckpointError: if a file is missing, damaged, or holds a non-finite tensor, naming it.
         ValueError: if the model's changing parameters are not those the checkpoint holds
             (names or shapes), naming the first difference.
     """
     path = Path(path)
-    doc = read_state(path)
-    tensors = load_tensors(path / _TENSORS)
-    chain.load_state_dict(_unpack(doc["chain"], tensors))
+    doc, tensors = _load_checked(path)
+    chain.load_state_dict(unpack_state(doc["chain"], tensors))
     params = changing_parameters(model, chain)
     if list(params) != doc["model"]:
         diff = sorted(set(params) ^ set(doc["model"]))
@@ -287,9 +358,9 @@ def restore_checkpoint(path: str | os.PathLike, *, model: nn.Module, chain, sche
             raise ValueError(f"checkpoint {path}: {n} is {tuple(saved.shape)} {saved.dtype}, "
                              f"the model's is {tuple(p.shape)} {p.dtype}")
         p.copy_(saved)
-    scheduler.load_state_dict(_unpack(doc["scheduler"], tensors))
-    restore_rng(_unpack(doc["rng"], tensors))
-    return _unpack(doc["state"], tensors)
+    scheduler.load_state_dict(unpack_state(doc["scheduler"], tensors))
+    restore_rng(unpack_state(doc["rng"], tensors))
+    return unpack_state(doc["state"], tensors)
 
 
 def remove_checkpoints(run_dir: str | os.PathLike, *, keep_lock: bool = False) -> None:
@@ -305,73 +376,10 @@ def remove_checkpoints(run_dir: str | os.PathLike, *, keep_lock: bool = False) -
         shutil.rmtree(root, ignore_errors=True)
         return
     for entry in root.iterdir():
-        if entry.name != _LOCK:
+        if entry.name != LOCK_FILE:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def checkpoint_bytes(path: str | os.PathLike) -> int:
     """Size of a checkpoint directory on disk, in bytes."""
     return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on ``run_dir/checkpoint/lock`` for the block (POSIX ``flock``).
-
-    Raises:
-        RuntimeError: if another process holds it (two runs would delete each other's
-            checkpoints).
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    root = Path(run_dir) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / _LOCK, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another process is training in {run_dir} ({root / _LOCK} is locked)") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-# --------------------------------------------------------------------- Ctrl-C
-class DeferredInterrupt:
-    """Within the block, the first SIGINT (Ctrl-C) or SIGTERM is only noted; a second one interrupts.
-
-    The loop checks :attr:`requested` between steps, writes a checkpoint and stops, so
-    an interrupt never lands in the middle of a step or a knot. A second signal raises
-    ``KeyboardInterrupt`` at once (the last checkpoint stays valid). Outside the main
-    thread, or with ``enabled=False``, signals are left as they are.
-
-    Attributes:
-        requested: the name of the first signal received (``"SIGINT"``), or ``None``.
-    """
-
-    def __init__(self, enabled: bool = True, notify: Callable[[str], None] | None = None) -> None:
-        self.enabled = enabled
-        self.requested: str | None = None
-        self._notify = notify or (lambda text: print(text, file=sys.stderr, flush=True))
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested is not None:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-        self._notify(f"{self.requested}: finishing this step, then writing a checkpoint; send it again to stop at once")
-
-    def __enter__(self) -> DeferredInterrupt:
-        if self.enabled and threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()

@@ -30,6 +30,7 @@ from pathlib import Path
 from ..chain.reset import make_reset_policy
 from ..chain.schedules import validate_knots
 from ..checks import integer, real
+from .export import check_export_target
 from .guard import GUARD_POLICIES
 from .lora import LoraSettings
 from .methods import Method, get_method
@@ -123,6 +124,10 @@ class FinetuneConfig:
         "skip (drop that step's update; the step still counts for the LR schedule and the knots)",
         resumable=True, late=True,
     )
+    max_consecutive_skips: int = _f(
+        10, "with --nonfinite skip: stop with an error at this many non-finite steps in a row (optimizer steps; "
+        "a diverged run)", resumable=True, late=True,
+    )
     export_dir: str | None = _f(
         None, "after training, write the merged model here: an HF model directory with chain.json (none = off)",
         fingerprint=False, grid="none",
@@ -196,17 +201,22 @@ class FinetuneConfig:
             raise ValueError(f"resume {self.resume!r} must be one of {RESUME_MODES}")
         if self.nonfinite not in GUARD_POLICIES:
             raise ValueError(f"nonfinite {self.nonfinite!r} must be one of {GUARD_POLICIES}")
+        integer(self.max_consecutive_skips, "max_consecutive_skips", 1)
         if not method.trains and (self.export_dir or self.export_links):
             raise ValueError(f"export_dir and export_links need a trained method; method {self.method} trains nothing")
         if not method.lora and self.export_links:
             raise ValueError(f"export_links needs a LoRA method (lora or cola); method {self.method} has no links")
         if self.export_dir and self.export_links:
             d, links = Path(self.export_dir).resolve(), Path(self.export_links).resolve()
-            if links == d or d in links.parents:
+            if links == d or d in links.parents or links in d.parents:
                 raise ValueError(
-                    f"export_links {self.export_links!r} must lie outside export_dir {self.export_dir!r}: "
-                    "the export replaces that directory as a whole"
+                    f"export_links {self.export_links!r} must lie outside export_dir {self.export_dir!r}, and "
+                    "export_dir outside export_links: the export replaces its directory as a whole"
                 )
+        for name in ("export_dir", "export_links"):
+            if getattr(self, name):
+                check_export_target(getattr(self, name), name, output_dir=self.output_dir, run_dir=self.run_dir,
+                                    links=name == "export_links")
 
     @property
     def method_type(self) -> Method:

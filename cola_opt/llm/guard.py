@@ -34,12 +34,14 @@ class NonFiniteError(FloatingPointError):
 
     Attributes:
         step: the step index passed to :meth:`NonFiniteGuard.check` (``None`` if none).
-        what: ``"loss"`` or the name of the first parameter with a non-finite gradient.
+        what: ``"loss"``, the name of the first parameter with a non-finite gradient, or
+            ``"scores"`` (an evaluation, :func:`cola_opt.llm.scoring.evaluate`).
+        diverged: the ``"skip"`` policy's cap on skips in a row was reached.
     """
 
-    def __init__(self, message: str, step: int | None, what: str) -> None:
+    def __init__(self, message: str, step: int | None, what: str, *, diverged: bool = False) -> None:
         super().__init__(message)
-        self.step, self.what = step, what
+        self.step, self.what, self.diverged = step, what, diverged
 
 
 @dataclass
@@ -129,6 +131,7 @@ class NonFiniteGuard:
                 f"(max_consecutive_skips={self.max_consecutive_skips}); the run has diverged",
                 step,
                 what,
+                diverged=True,
             )
         for _, p in named:
             p.grad = None

@@ -14,10 +14,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-__all__ = ["RUN_LOCK", "exclusive_lock"]
+from .run_state import CHECKPOINT_DIR, LOCK_FILE
 
-# the lock file of a run, inside its checkpoint folder (cola_opt.llm.checkpoint keeps a file of this name)
-RUN_LOCK = "lock"
+__all__ = ["exclusive_lock", "run_lock"]
 
 
 @contextlib.contextmanager
@@ -43,3 +42,14 @@ def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def run_lock(run_dir: str | os.PathLike):
+    """The lock of a run folder, ``<run_dir>/checkpoint/lock``: held by the process training there.
+
+    Raises:
+        RuntimeError: another process is training in ``run_dir`` (two runs would delete
+            each other's checkpoints).
+    """
+    path = Path(run_dir) / CHECKPOINT_DIR / LOCK_FILE
+    return exclusive_lock(path, f"another process is training in {run_dir} ({path} is locked)")

@@ -63,7 +63,7 @@ class TrainingLoop:
         self.evaluate_dev, self.log, self.resume_from = evaluate_dev, log, resume_from
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
-        self.guard = NonFiniteGuard(cfg.nonfinite)
+        self.guard = NonFiniteGuard(cfg.nonfinite, cfg.max_consecutive_skips)
         self.links = LinkAdapterWriter(chain, model, cfg.export_links) if cfg.export_links else None
         self.bar = tqdm(total=total_steps, desc=f"{cfg.method} {cfg.task}", disable=not cfg.progress, unit="step")
         fingerprint = run_fingerprint(model, chain, train) if cfg.checkpoint_every > 0 or resume_from else {}

@@ -28,7 +28,19 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BUILTIN_MODELS", "BuiltinModel", "ModelLoadError", "WheelPart", "builtin_model_dir", "cache_dir", "load_model", "resolve_model_dir"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "QUANTIZED_HINT",
+    "BuiltinModel",
+    "ModelLoadError",
+    "WheelPart",
+    "builtin_model_dir",
+    "cache_dir",
+    "check_float_model",
+    "load_model",
+    "quantized_weight",
+    "resolve_model_dir",
+]
 
 
 class ModelLoadError(RuntimeError):
@@ -281,3 +293,67 @@ def load_model(model: str, *, dtype: str = "fp32", device: str = "cpu"):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return lm.to(device), tok
+
+
+# --------------------------------------------------------------------- quantized bases
+QUANTIZED_HINT = (
+    "COLA merges every knot into the base weights, which must be floating point: dequantize the model first "
+    "(bitsandbytes, GPTQ, AWQ through transformers: model.dequantize() and save_pretrained to a new folder; "
+    "torch.ao: use the float model you quantized) and pass the float model"
+)
+
+
+def quantized_weight(module) -> str | None:
+    """What makes ``module``'s weight quantized, or ``None`` if it is a plain floating-point tensor.
+
+    Recognised: a non-float dtype (bitsandbytes ``Int8Params`` int8, ``Params4bit`` packed
+    uint8, torch.ao's ``qint8``), a torch quantized tensor, a tensor class of bitsandbytes
+    or torchao (``Params4bit`` is float until it is moved to a device), and torch.ao
+    quantized modules, whose ``weight`` is a method.
+
+    Returns:
+        e.g. ``"weight dtype torch.int8 (bitsandbytes Int8Params)"``.
+    """
+    import torch
+
+    w = getattr(module, "weight", None)
+    if callable(w) and not isinstance(w, torch.Tensor):  # torch.ao quantized modules: weight() unpacks
+        w = w()
+    if not isinstance(w, torch.Tensor):
+        return None
+    cls = type(w)
+    library = cls.__module__.split(".")[0]
+    origin = "" if cls in (torch.Tensor, torch.nn.Parameter) else f" ({library} {cls.__name__})"
+    if w.is_quantized or not w.is_floating_point() or library in ("bitsandbytes", "torchao"):
+        return f"weight dtype {w.dtype}{origin}"
+    return None
+
+
+def check_float_model(model: str) -> None:
+    """Refuse a model whose ``config.json`` declares a quantization (trained weights cannot be merged into it).
+
+    Reads the config only (a second or less). Zero-shot evaluation of such a model is
+    fine; this is for the methods that train.
+
+    Args:
+        model: built-in name, local directory or hub id.
+
+    Raises:
+        ValueError: naming the model, its quantization and the way out (:data:`QUANTIZED_HINT`).
+        ModelLoadError: if the config cannot be read.
+    """
+    from transformers import AutoConfig
+
+    path = resolve_model_dir(model)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read the config of model {model!r}: {e}") from e
+    quant = getattr(config, "quantization_config", None)
+    if not quant:
+        return
+    get = quant.get if isinstance(quant, dict) else lambda k, d=None: getattr(quant, k, d)
+    bits = "8-bit" if get("load_in_8bit") else "4-bit" if get("load_in_4bit") else get("bits")
+    what = " ".join(str(x) for x in (get("quant_method", "quantized"), bits) if x)
+    raise ValueError(f"model {model!r} is quantized ({what}, per the quantization_config of its config.json); "
+                     f"{QUANTIZED_HINT}")

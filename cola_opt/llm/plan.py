@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..chain.schedules import uniform_knots, validate_knots
 from .config import FinetuneConfig
 from .lora import check_targets
+from .models import check_float_model
 from .tasks import Splits, get_task, sample_splits
 
 __all__ = ["Plan", "draw", "plan_steps", "preflight"]
@@ -93,4 +94,6 @@ def preflight(cfg: FinetuneConfig, splits: Splits | None = None) -> Plan:
     method = cfg.method_type
     if method.lora:
         check_targets(cfg.model, cfg.lora_settings(), cfg.link_ranks or ())
+    elif method.trains:
+        check_float_model(cfg.model)  # a quantized base cannot be trained in full either
     return Plan(splits, per_epoch, total if method.trains else 0, knots)

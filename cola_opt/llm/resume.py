@@ -27,7 +27,9 @@ from pathlib import Path
 
 from .checkpoint import (
     CHECKPOINT_DIR,
+    CheckpointError,
     checkpoint_bytes,
+    checkpoint_path,
     config_differences,
     find_checkpoint,
     frozen_fingerprint,
@@ -49,18 +51,24 @@ def resume_point(cfg: FinetuneConfig, run_dir: Path) -> Path | None:
     ``cfg.resume``: ``"auto"`` resumes if ``run_dir`` holds a checkpoint; ``"require"``
     must resume; ``"never"`` deletes any checkpoint and starts over. Fields in
     :data:`cola_opt.llm.config.RESUMABLE_CHANGES` may differ from the checkpoint's; any
-    other difference is refused.
+    other difference is refused. A broken latest checkpoint falls back to the previous
+    complete one, with a warning (:func:`cola_opt.llm.checkpoint.find_checkpoint`).
 
     Raises:
         FileNotFoundError: ``resume="require"`` and there is no checkpoint.
+        cola_opt.llm.checkpoint.CheckpointError: (a ``ValueError``) the folder holds
+            checkpoints but none is usable; the message names each file and its fault.
         ValueError: the checkpoint was written with a configuration that trains
             differently; the message lists every such field as ``name: saved -> now``.
     """
-    found = find_checkpoint(run_dir)
     if cfg.resume == "never":
-        if found is not None:
-            remove_checkpoints(run_dir, keep_lock=True)
+        remove_checkpoints(run_dir, keep_lock=True)
         return None
+    try:
+        found = find_checkpoint(run_dir, required=RunCheckpoints.STATE)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}. Pass --resume never to start over (it deletes {run_dir / CHECKPOINT_DIR}), "
+                              "or another --output-dir") from None
     if found is None:
         if cfg.resume == "require":
             raise FileNotFoundError(f"resume 'require': there is no checkpoint in {run_dir / CHECKPOINT_DIR}")
@@ -105,6 +113,8 @@ class RunCheckpoints:
         on: whether checkpoints are written.
     """
 
+    STATE = ("config", "position", "fingerprint", "guard", "train_seconds", "result")  # what save() stores
+
     def __init__(self, cfg: FinetuneConfig, run_dir: Path, model, chain, sched, guard: NonFiniteGuard, log: RunLog,
                  fingerprint: dict[str, str], say: Callable[[str], None]) -> None:
         self.cfg, self.run_dir, self.model, self.chain, self.sched = cfg, run_dir, model, chain, sched
@@ -138,7 +148,7 @@ class RunCheckpoints:
         """
         step = self.chain.step_count
         if step == self.last_step:  # this state is already on disk (a step has one state)
-            return find_checkpoint(self.run_dir)
+            return checkpoint_path(self.run_dir, step)
         t = time.perf_counter()
         entry = {"step": step, "seconds": None, "bytes": None}  # in the checkpoint itself as null: not known yet
         self.log.checkpoints.append(entry)
@@ -181,7 +191,10 @@ class RunCheckpoints:
 
 def stopped_error(err: NonFiniteError, path: Path | None) -> NonFiniteError:
     """The guard's ``"stop"`` error, with where the state of the last finite step is and what to do."""
-    if path is not None:
+    if path is not None and err.diverged:
+        saved = (f"The state after step {err.step - 1} is checkpointed in {path}; lower --lr and start over, or "
+                 "rerun with a higher --max-consecutive-skips to go on skipping")
+    elif path is not None:
         saved = (f"The state after step {err.step - 1} is checkpointed in {path}; rerun with --nonfinite skip "
                  f"to skip step {err.step}")
     else:
@@ -190,6 +203,7 @@ def stopped_error(err: NonFiniteError, path: Path | None) -> NonFiniteError:
         f"{err}. {saved}. Too high a learning rate (--lr) or an fp16 overflow (--autocast) are the usual causes",
         err.step,
         err.what,
+        diverged=err.diverged,
     )
 
 

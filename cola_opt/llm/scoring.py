@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .guard import NonFiniteError
 from .tasks import Example
 
 __all__ = ["Encoded", "autocast_context", "candidate_scores", "classification_loss", "encode_examples", "evaluate",
@@ -175,6 +176,10 @@ def evaluate(model, data: Sequence[Encoded], *, pad_id: int, batch_size: int = 1
 
     Returns:
         ``{"accuracy": float in [0, 1], "loss": float (nats), "n": int, "predictions": list[int]}``.
+
+    Raises:
+        cola_opt.llm.guard.NonFiniteError: if a candidate score is NaN or inf (non-finite
+            weights, or an fp16 overflow): an argmax over such scores is no accuracy.
     """
     was_training = model.training
     model.eval()
@@ -192,6 +197,11 @@ def evaluate(model, data: Sequence[Encoded], *, pad_id: int, batch_size: int = 1
             batch = [data[i] for i in idx]
             with autocast_context(device, autocast):
                 scores = candidate_scores(model, batch, pad_id)
+            if not bool(torch.isfinite(scores).all()):
+                bad = int((~torch.isfinite(scores)).sum())
+                raise NonFiniteError(f"evaluation: {bad} of the {scores.numel()} candidate scores of a batch are NaN or "
+                                     "inf; the model's weights or activations are not finite (a diverged run, or an "
+                                     "fp16 overflow under --autocast fp16), so no accuracy is reported", None, "scores")
             labels = torch.tensor([e.label for e in batch], device=scores.device)
             total_loss += float(F.cross_entropy(scores, labels, reduction="sum"))
             for i, p in zip(idx, scores.argmax(-1).tolist()):

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_directory, atomic_save_json
+from ..atomic import atomic_save_json
 from ..chain.optimizer import ResidualLowRankOptimizer
 from .batching import BatchOrder, shuffled_batches
 from .checkpoint import CHECKPOINT_DIR, remove_checkpoints
 from .config import FinetuneConfig
-from .export import export_merged
-from .locks import RUN_LOCK, exclusive_lock
+from .export import export_full, export_merged
+from .locks import run_lock
 from .loop import TrainingLoop
 from .lora import inject_lora, lora_sites
 from .models import load_model
@@ -114,8 +114,7 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
     method, run_dir = cfg.method_type, cfg.run_dir
     with contextlib.ExitStack() as stack:
         if method.trains and (cfg.checkpoint_every > 0 or (run_dir / CHECKPOINT_DIR).is_dir()):
-            stack.enter_context(exclusive_lock(run_dir / CHECKPOINT_DIR / RUN_LOCK, f"another process is training "
-                                               f"in {run_dir} ({run_dir / CHECKPOINT_DIR / RUN_LOCK} is locked)"))
+            stack.enter_context(run_lock(run_dir))
         resume_from = resume_point(cfg, run_dir) if method.trains else None
         device = resolve_device(cfg.device)
         _seed_everything(cfg.seed)
@@ -224,11 +223,9 @@ def build_chain(cfg: FinetuneConfig, model, total_steps: int, knots: tuple[int, 
 
 def _export(cfg: FinetuneConfig, model, chain, tokenizer) -> str:
     """Write the trained model to ``cfg.export_dir`` (after the test evaluation: this consumes a PEFT model)."""
+    extra = {k: getattr(cfg, k) for k in ("task", "model", "method", "seed", "lr")}
     if not cfg.method_type.lora:
-        with atomic_directory(cfg.export_dir) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        export_full(model, cfg.export_dir, tokenizer=tokenizer, extra=extra)
     else:
-        extra = {k: getattr(cfg, k) for k in ("task", "model", "method", "seed", "lr")}
         export_merged(chain, model, cfg.export_dir, tokenizer=tokenizer, extra=extra)
     return str(cfg.export_dir)
