@@ -106,7 +106,9 @@ def test_changed_settings_do_not_reuse_old_runs(tiny_model_dir, fixtures_dir, tm
 
 def test_fingerprint_ignores_the_checkpoint_and_export_fields():
     """Grids fingerprinted before those fields existed still resume: the hash is unchanged at their defaults."""
-    base = FinetuneConfig(model="x", n_train=8, n_dev=3, epochs=2, batch_size=2, autocast="none")
+    base = FinetuneConfig(model="x", n_train=8, n_dev=3, epochs=2, batch_size=2, autocast="none",
+                          bucket_by_length=False)  # the batch order of that time
+    assert GridConfig(base=base.replace(bucket_by_length=True)).fingerprint() != "036cb5624ca0"
     recorded = "036cb5624ca0"  # GridConfig(base=base).fingerprint() before checkpoint_every ... existed
     assert GridConfig(base=base).fingerprint() == recorded
     assert GridConfig(base=base.replace(checkpoint_every=5, resume="never")).fingerprint() == recorded

@@ -4,19 +4,20 @@ A *batch order* is a function ``epoch -> micro-batches``: the micro-batches of o
 over the training items, each a list of item indices. It must be a pure function of the
 epoch (a resumed run re-derives its position from ``(epoch, index)`` alone), and give
 ``ceil(n / batch_size)`` micro-batches per epoch, as :func:`cola_opt.llm.plan.plan_steps`
-plans. :func:`shuffled_batches` is the order of every run today; a length-bucketed
-order is another such function. :func:`optimizer_steps` groups any order's
-micro-batches into optimizer steps (gradient accumulation).
+plans. :func:`shuffled_batches` visits the items in a fresh random order;
+:func:`bucketed_batches` groups items of similar length into a micro-batch, so that less
+of each batch is padding, and shuffles the micro-batches. :func:`optimizer_steps` groups
+any order's micro-batches into optimizer steps (gradient accumulation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BatchOrder", "StepBatches", "optimizer_steps", "shuffled_batches"]
+__all__ = ["BatchOrder", "StepBatches", "bucketed_batches", "optimizer_steps", "padding_fraction", "shuffled_batches"]
 
 BatchOrder = Callable[[int], list[list[int]]]
 
@@ -30,6 +31,36 @@ def shuffled_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> li
     """
     order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
     return [order[i : i + batch_size].tolist() for i in range(0, n_items, batch_size)]
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The micro-batches of epoch ``epoch``, each of items of similar length, in a random order.
+
+    The items are permuted at random, cut into mega-batches of up to 50 micro-batches,
+    sorted by length within each mega-batch and cut into micro-batches
+    (``transformers``' ``get_length_grouped_indices``, the sampler behind the Trainer's
+    ``group_by_length``); the micro-batches are then shuffled, so that the long ones do
+    not come in runs. Both draws come from one generator seeded with
+    ``seed * 7919 + epoch``: the order is a pure function of its arguments, the same on
+    every device and after a resume. Bind all but ``epoch`` to get a :data:`BatchOrder`.
+
+    Args:
+        lengths: tokens per item (its padded forward length), one entry per item.
+        batch_size: items per micro-batch; there are ``ceil(len(lengths) / batch_size)``.
+        seed, epoch: the run's seed and the 0-based epoch.
+    """
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    order = get_length_grouped_indices(list(lengths), batch_size, generator=g)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """The share of padding tokens when each micro-batch is padded to its longest item, in ``[0, 1)``."""
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
+    return 1.0 - sum(lengths[i] for b in batches for i in b) / padded if padded else 0.0
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ builds its options from them, so the two cannot drift apart. The roles:
 - ``grid``: ``"shared"`` (an option of ``cola-opt grid``, shared by every run),
   ``"per_run"`` (set per cell by the grid) or ``"none"`` (not a grid option: the grid
   does not export).
-- ``late``: added after grids were fingerprinted; left out of the fingerprint while at
-  its default, so old grids still resume.
+- ``late``: added after grids were fingerprinted; left out of the fingerprint while it
+  keeps the behaviour of the time before it existed (``before``, by default the field's
+  default), so old grids still resume, and a grid that uses the new behaviour does not
+  take old runs for its own.
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ __all__ = ["RESUMABLE_CHANGES", "RESUME_MODES", "FinetuneConfig", "check_chain_l
 RESUME_MODES = ("auto", "require", "never")
 
 
+_DEFAULT = object()
+
+
 def _f(default, help: str, *, fingerprint: bool = True, resumable: bool | None = None, grid: str = "shared",
-       late: bool = False):
+       late: bool = False, before=_DEFAULT):
     roles = {"fingerprint": fingerprint, "resumable": not fingerprint if resumable is None else resumable,
-             "grid": grid, "late": late}
+             "grid": grid, "late": late, "before": default if before is _DEFAULT else before}
     return field(default=default, metadata={"help": help, **roles})
 
 
@@ -84,6 +89,10 @@ class FinetuneConfig:
     epochs: int = _f(5, "passes over the training examples (epochs; the paper's budget is 5)")
     max_steps: int | None = _f(None, "stop after this many optimizer steps instead (steps; overrides epochs)")
     batch_size: int = _f(8, "examples per micro-batch (examples)")
+    bucket_by_length: bool = _f(
+        True, "group training examples of similar length into micro-batches (less padding), shuffled within and "
+        "across buckets; false: a plain shuffle per epoch", late=True, before=False,
+    )
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     lr: float = _f(5e-4, "peak learning rate of AdamW, decayed linearly to 0 (per step)", grid="per_run")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -253,12 +262,12 @@ class FinetuneConfig:
     def shared_settings(self) -> dict:
         """The fingerprinted settings that a grid's runs share (role ``grid="shared"``), as in :meth:`to_dict`.
 
-        A ``late`` field is left out while at its default.
+        A ``late`` field is left out while at its ``before`` value (module docstring).
         """
         values = self.to_dict()
         return {f.name: values[f.name] for f in dataclasses.fields(self)
                 if f.metadata["fingerprint"] and f.metadata["grid"] == "shared"
-                and not (f.metadata["late"] and values[f.name] == f.default)}
+                and not (f.metadata["late"] and values[f.name] == f.metadata["before"])}
 
 
 def field_roles(role: str, value=True) -> tuple[str, ...]:

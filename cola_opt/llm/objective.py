@@ -37,6 +37,10 @@ class Objective(Protocol):
         """The items (token ids and targets) of a split's examples, in order; cut to fit the length limit."""
         ...
 
+    def length(self, item: Any) -> int:
+        """Tokens of ``item``'s forward pass (what a batch pads to); batches group items by it."""
+        ...
+
     def loss(self, model: torch.nn.Module, batch: Sequence[Any]) -> torch.Tensor:
         """The mean loss over ``batch`` (a scalar tensor, nats per example), differentiable w.r.t. the model."""
         ...
@@ -70,6 +74,11 @@ class CandidateClassification:
 
     def encode(self, examples: Sequence[Example]) -> list:
         return encode_examples(self.tokenizer, examples, self.max_length)
+
+    def length(self, item) -> int:
+        # one-token candidates are scored from the prompt alone; else each candidate follows the prompt
+        longest = max(len(c) for c in item.candidate_ids)
+        return len(item.prompt_ids) + (0 if longest == 1 else longest)
 
     def loss(self, model: torch.nn.Module, batch: Sequence) -> torch.Tensor:
         device = next(model.parameters()).device

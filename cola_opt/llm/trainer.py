@@ -28,7 +28,7 @@ import torch
 
 from ..atomic import atomic_save_json
 from ..chain.optimizer import ResidualLowRankOptimizer
-from .batching import BatchOrder, shuffled_batches
+from .batching import BatchOrder, bucketed_batches, shuffled_batches
 from .checkpoint import CHECKPOINT_DIR, remove_checkpoints
 from .config import FinetuneConfig
 from .export import export_full, export_merged
@@ -65,8 +65,10 @@ def make_objective(cfg: FinetuneConfig, tokenizer) -> Objective:
     return CandidateClassification(tokenizer, cfg.max_length, cfg.autocast)
 
 
-def make_batch_order(cfg: FinetuneConfig, train: list) -> BatchOrder:
-    """The batch order of ``cfg``'s run: a fresh shuffle per epoch, seeded by ``cfg.seed``."""
+def make_batch_order(cfg: FinetuneConfig, objective: Objective, train: list) -> BatchOrder:
+    """The batch order of ``cfg``'s run, seeded by ``cfg.seed``: length-bucketed (``cfg.bucket_by_length``) or shuffled."""
+    if cfg.bucket_by_length:
+        return partial(bucketed_batches, [objective.length(item) for item in train], cfg.batch_size, cfg.seed)
     return partial(shuffled_batches, len(train), cfg.batch_size, cfg.seed)
 
 
@@ -126,7 +128,7 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         log, chain = RunLog(), None
         if method.trains:
             model, chain, sched = build_chain(cfg, model, plan.total_steps, plan.knots)
-            TrainingLoop(cfg, run_dir, model, chain, sched, objective, data["train"], make_batch_order(cfg, data["train"]),
+            TrainingLoop(cfg, run_dir, model, chain, sched, objective, data["train"], make_batch_order(cfg, objective, data["train"]),
                          plan.total_steps, partial(evaluation, "dev"), log, resume_from).run()
         else:
             log.dev_history.append({"epoch": 0, "step": 0, **evaluation("dev", model)})
