@@ -137,14 +137,15 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         data, truncation = _encode_splits(objective, plan.splits)
         evaluation = partial(_evaluation, cfg, objective, data)
         log, chain = RunLog(), None
-        cpu_start = time.process_time()
+        train_cpu = 0.0
         if method.trains:
             model, chain, sched = build_chain(cfg, model, plan.total_steps, plan.knots)
+            cpu_start = time.process_time()
             TrainingLoop(cfg, run_dir, model, chain, sched, objective, data["train"], make_batch_order(cfg, objective, data["train"]),
                          plan.total_steps, partial(evaluation, "dev"), log, resume_from).run()
+            train_cpu = time.process_time() - cpu_start
         else:
             log.dev_history.append({"epoch": 0, "step": 0, **evaluation("dev", model)})
-        train_cpu = time.process_time() - cpu_start if method.trains else 0.0
         t_eval = time.perf_counter()
         test = _test_result(cfg, evaluation("test", model), plan.splits.test)
         result = {
