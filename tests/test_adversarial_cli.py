@@ -28,6 +28,7 @@ from cola_opt.llm import objective, trainer
 from cola_opt.llm.cli import main
 
 SUPER_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "super_glue"
+FIXTURE_BOOLQ = Path(__file__).resolve().parent / "fixtures" / "super_glue" / "BoolQ"
 pytestmark = pytest.mark.skipif(not (SUPER_GLUE / "WSC").is_dir(), reason=f"{SUPER_GLUE} is not present")
 
 RUN = "wsc_cola_s0"  # the run folder of the base arguments
@@ -61,6 +62,8 @@ class Case:
         check: further checks of a finished run, given the world and its ``results.json``.
         own_model: the case changes the model folder, so it gets its own copy (else it uses the
             template's copy, as the checkpoint cases must: a resume checks the model path).
+        run: the run folder a finished case writes (the base arguments': ``wsc_cola_s0``).
+        test_n: the test examples a finished run must report (``None``: the case's ``check`` sees to it).
     """
 
     name: str
@@ -71,6 +74,8 @@ class Case:
     setup: Callable[[World, pytest.MonkeyPatch], None] | None = None
     check: Callable[[World, dict], None] | None = None
     own_model: bool = False
+    run: str = RUN
+    test_n: int | None = 4
 
 
 def base_args(w: World) -> list[str]:
@@ -296,7 +301,135 @@ CHECKPOINT_CASES = [
          value=lambda w: "evaluation"),
 ]
 
-CASES = EXPORT_CASES + LORA_CASES + QUANT_CASES + CHECKPOINT_CASES
+
+# ------------------------------------------------------------------ item 7: real data
+MULTIRC = SUPER_GLUE / "MultiRC"
+
+
+def _val_and_test_only(w: World, _mp) -> None:
+    """A BoolQ folder as the release has it without its train split: val.jsonl and an unlabelled test.jsonl."""
+    folder = w.root / "boolq-data" / "BoolQ"
+    folder.mkdir(parents=True)
+    shutil.copy(FIXTURE_BOOLQ / "val.jsonl", folder / "val.jsonl")
+    rows = [json.loads(line) for line in (FIXTURE_BOOLQ / "val.jsonl").read_text().splitlines()]
+    (folder / "test.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n"
+                                               for r in rows))
+
+
+def _evaluated_without_train(w: World, r: dict) -> None:
+    assert r["counts"] == {"train": 0, "dev": 0, "test": 4} and r["capped"]["dev"]["asked"] == 2
+    assert r["dev"]["n"] == 0 and len(set(r["test"]["idx"])) == 4 and set(r["test"]["idx"]) <= {0, 1, 2, 3, 4}
+
+
+def _cut_counted(w: World, r: dict) -> None:
+    from transformers import AutoTokenizer
+
+    from cola_opt.llm.tasks import get_task, sample_splits
+
+    tok = AutoTokenizer.from_pretrained(w.model)
+    splits = sample_splits(get_task("wsc"), seed=0, n_train=8, n_dev=2, n_test=4, data_dir=SUPER_GLUE)
+    for name in ("train", "dev", "test"):  # " No" / " Yes" are one token each: room for 39 prompt tokens
+        lengths = [len(tok(e.prompt)["input_ids"]) for e in getattr(splits, name)]
+        assert r["truncation"][name] == {"n": len(lengths), "cut": sum(n > 39 for n in lengths),
+                                         "tokens_lost": sum(max(0, n - 39) for n in lengths),
+                                         "longest": max(lengths) + 1}
+    assert r["truncation"]["max_length"] == 40 and r["truncation"]["train"]["cut"] > 0
+
+
+def _multirc_by_question(w: World, r: dict) -> None:
+    options = {}  # question idx -> its answer idx, from the release file
+    for line in (MULTIRC / "val.jsonl").read_text().splitlines():
+        for q in json.loads(line)["passage"]["questions"]:
+            options[q["idx"]] = sorted(a["idx"] for a in q["answers"])
+    test = r["test"]
+    drawn = {}
+    for idx in test["idx"]:
+        drawn.setdefault(idx["question"], []).append(idx["answer"])
+    assert drawn and all(sorted(a) == options[q] for q, a in drawn.items())  # whole questions only
+    assert test["n"] == len(test["idx"]) <= 12 and test["questions"] == len(drawn)
+    assert 0.0 <= test["f1a"] <= 1.0 and 0.0 <= test["exact_match"] <= 1.0
+
+
+REAL_DATA_CASES = [
+    Case("zero-shot on a BoolQ folder with only val and test", lambda w: [
+        "--task", "boolq", "--data-dir", str(w.root / "boolq-data"), "--method", "zero-shot", "--chain-length", "1"],
+        expect="finished", setup=_val_and_test_only, run="boolq_zero-shot_s0",
+        message="n_dev=2 asked, 0 drawn: boolq has no train split", check=_evaluated_without_train),
+    Case("LoRA on a BoolQ folder with only val and test", lambda w: [
+        "--task", "boolq", "--data-dir", str(w.root / "boolq-data"), "--method", "lora", "--chain-length", "1"],
+        setup=_val_and_test_only, message=r"is missing.*training needs it \(--method zero-shot evaluates without one\)",
+        value=lambda w: str(w.root / "boolq-data" / "BoolQ" / "train.jsonl")),
+    Case("prompts cut to --max-length", lambda w: ["--max-length", "40"], expect="finished",
+         message=r"max_length=40 cut the start of \d+ of 8 train prompts \(\d+ tokens lost\).*--max-length \d+",
+         check=_cut_counted),
+    Case("MultiRC zero-shot: test by question, F1a and EM", lambda w: [
+        "--task", "multirc", "--method", "zero-shot", "--chain-length", "1", "--n-test", "12"], expect="finished",
+        run="multirc_zero-shot_s0", test_n=None, message="max_length=256 cut the start of 8 of 8 train prompts",
+        check=_multirc_by_question),
+]
+
+
+# ------------------------------------------------------------------ item 8: precision by the hardware
+def _no_native_bf16(w: World, mp) -> None:
+    from cola_opt.llm import precision
+
+    mp.setattr(precision, "native_low_precision", lambda kind, where: False)
+
+
+def _precision(autocast: str, native: bool):
+    def check(w: World, r: dict) -> None:
+        assert r["config"]["autocast"] == r["precision"]["autocast"] == autocast
+        assert r["precision"]["native_bf16"] is native and r["precision"]["device_type"] == "cpu"
+
+    return check
+
+
+PRECISION_CASES = [
+    Case("bf16 autocast forced on a CPU without native bf16", lambda w: ["--autocast", "bf16"], expect="finished",
+         setup=_no_native_bf16, message=r"--autocast bf16 on a CPU without native support .*emulated",
+         check=_precision("bf16", False)),
+    Case("autocast auto on a CPU without native bf16", lambda w: ["--autocast", "auto"], expect="finished",
+         setup=_no_native_bf16, check=_precision("none", False)),
+    Case("an unknown autocast", lambda w: ["--autocast", "bf32"], message="must be one of auto, none, bf16, fp16",
+         value=lambda w: "'bf32'"),
+]
+
+
+# ------------------------------------------------------------------ item 9: the smaller silent cases
+def _capped(w: World, r: dict) -> None:
+    assert r["counts"]["train"] == 552 and r["capped"]["train"]["asked"] == 600
+
+
+def _fp32_master(w: World, r: dict) -> None:
+    sites = json.loads((w.root / "export" / "chain.json").read_text())["sites"]
+    assert r["config"]["fp32_master"] is True and len(sites) == 4 and all(s["fp32_master"] for s in sites)
+
+
+SMALL_CASES = [
+    Case("LoRA with --chain-length 3", lambda w: ["--method", "lora", "--chain-length", "3"],
+         message="needs method cola: method 'lora' ties no knots", value=lambda w: "chain_length 3"),
+    Case("a warm-up as long as the run", lambda w: ["--warmup-steps", "3"], message="is not shorter than the run",
+         value=lambda w: "warmup_steps=3"),
+    Case("--n-train above the train split", lambda w: ["--n-train", "600", "--max-length", "512"], expect="finished",
+         message=r"n_train=600 asked, 552 drawn: wsc's train split has 554 records", check=_capped),
+    Case("bf16 weights with the fp32 master copy", lambda w: ["--dtype", "bf16", "--fp32-master", "true",
+                                                            "--export-dir", str(w.root / "export")],
+         expect="finished", check=_fp32_master),
+    Case("the fp32 master copy of fp32 weights", lambda w: ["--fp32-master", "true"], message="needs --dtype bf16",
+         value=lambda w: "fp32_master"),
+    Case("the fp32 master copy with checkpoints", lambda w: ["--dtype", "bf16", "--fp32-master", "true", *CKPT_ARGS],
+         message="is not in the checkpoint", value=lambda w: "checkpoint_every=1"),
+    Case("a negative learning rate", lambda w: ["--lr", "-1e-3"], message="must be a finite number > 0",
+         value=lambda w: "lr = -0.001"),
+    Case("a learning rate that is no number", lambda w: ["--lr", "abc"], message=r"invalid float value.*--help",
+         value=lambda w: "'abc'"),
+    Case("a model folder that does not exist", lambda w: ["--model", str(w.root / "no-model")],
+         message="no such folder", value=lambda w: str(w.root / "no-model")),
+    Case("a typo of a built-in model", lambda w: ["--model", "smollm2-13m"],
+         message=r"is not a built-in model \(smollm2-135m, gemma3-270m\)", value=lambda w: "'smollm2-13m'"),
+]
+
+CASES = EXPORT_CASES + LORA_CASES + QUANT_CASES + CHECKPOINT_CASES + REAL_DATA_CASES + PRECISION_CASES + SMALL_CASES
 
 
 # ------------------------------------------------------------------ machinery
@@ -360,13 +493,13 @@ def test_adversarial_cli(case: Case, tiny_model_dir, template, tmp_path, monkeyp
     if case.expect == "finished":
         assert code == 0, err[-2000:]
         assert errors == []
-        results = json.loads((w.out / RUN / "results.json").read_text())
-        assert results["test"]["n"] == 4 and 0.0 <= results["test"]["accuracy"] <= 1.0
+        results = json.loads((w.out / case.run / "results.json").read_text())
+        assert case.test_n in (None, results["test"]["n"]) and 0.0 <= results["test"]["accuracy"] <= 1.0
         if case.message:
             assert len(warnings) == 1 and re.search(case.message, warnings[0]), warnings
         if case.check is not None:
             case.check(w, results)
-        assert not (w.out / RUN / "checkpoint").exists()  # a finished run leaves no checkpoint
+        assert not (w.out / case.run / "checkpoint").exists()  # a finished run leaves no checkpoint
     else:
         assert code == (2 if case.expect == "refused" else 1), err[-2000:]
         assert len(errors) == 1, err[-2000:]

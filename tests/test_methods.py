@@ -34,7 +34,7 @@ def test_field_roles_give_the_lists_that_were_kept_by_hand():
     assert set(field_roles("grid", "per_run")) == {"task", "method", "seed", "lr", "chain_length", "knot_steps",
                                                    "link_ranks", "output_dir", "progress"}
     assert set(field_roles("grid", "none")) == {"export_dir", "export_links"}
-    assert set(field_roles("late")) == {"nonfinite", "max_consecutive_skips", "bucket_by_length"}
+    assert set(field_roles("late")) == {"nonfinite", "max_consecutive_skips", "bucket_by_length", "fp32_master"}
     shared = FinetuneConfig().shared_settings()
     assert "nonfinite" not in shared and FinetuneConfig(nonfinite="skip").shared_settings()["nonfinite"] == "skip"
     assert not {"data_dir", "device", "eval_batch_size", "checkpoint_every", "resume", "lr", "task"} & set(shared)

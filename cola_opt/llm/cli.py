@@ -10,12 +10,47 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import typing
 import warnings
 from pathlib import Path
 
 __all__ = ["build_parser", "config_from_args", "main"]
+
+# a value that argparse would take for an option: -1e-3, -.5, -2, -inf, -1,2 (a list)
+_NEGATIVE = re.compile(r"-(\d|\.\d)[\d.eE+\-,]*|-inf(inity)?|-nan", re.IGNORECASE)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and a pointer to ``--help``), not a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"cola-opt: error: {message} (see: {self.prog} --help)\n")
+
+
+class _Given(argparse.Action):
+    """Stores the value and notes that the option was given (``namespace.given``): a default is not a choice."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        given = set(getattr(namespace, "given", ()))
+        given.add(self.dest)
+        namespace.given = given
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--lr -1e-3`` -> ``--lr=-1e-3``, so that argparse takes the value as a value and the value check names it."""
+    out, i = [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok.startswith("--") and "=" not in tok and i + 1 < len(argv) and _NEGATIVE.fullmatch(argv[i + 1]):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(tok)
+            i += 1
+    return out
 
 
 def _csv(kind):
@@ -73,13 +108,14 @@ def _add_config_options(parser: argparse.ArgumentParser, skip=lambda f: False) -
             dest=f.name,
             type=kind,
             default=default,
+            action=_Given,
             help=f"{f.metadata['help']} (default: {shown})",
         )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its ``finetune``, ``compare`` and ``grid`` sub-commands."""
-    parser = argparse.ArgumentParser(prog="cola-opt", description="Chain of LoRA (COLA) fine-tuning and checks.")
+    parser = _Parser(prog="cola-opt", description="Chain of LoRA (COLA) fine-tuning and checks.")
     sub = parser.add_subparsers(dest="command", required=True)
     ft = sub.add_parser("finetune", help="fine-tune with one method (zero-shot, lora or cola)")
     _add_config_options(ft)
@@ -117,24 +153,48 @@ def _add_grid_parser(sub) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`FinetuneConfig` that parsed arguments describe."""
+    """The :class:`FinetuneConfig` that parsed arguments describe.
+
+    Raises:
+        ValueError: ``finetune`` with a method that ties no knots and an explicit
+            ``--chain-length`` above 1 (it would be ignored; the run records 1).
+    """
     from .config import FinetuneConfig
+    from .methods import METHODS
 
     names = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    return FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names})
+    cfg = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names})
+    method = METHODS.get(cfg.method)  # an unknown name is refused by validate()
+    if (args.command == "finetune" and "chain_length" in getattr(args, "given", ()) and cfg.chain_length != 1
+            and method is not None and not method.knots):
+        raise ValueError(f"chain_length {cfg.chain_length!r} needs method cola: method {cfg.method!r} ties no knots "
+                         "(lora and full train one link); leave --chain-length out")
+    return cfg
+
+
+def _done_line(cfg, r: dict) -> str:
+    """The line ``finetune`` ends with: accuracy, the task's official metrics, the results file."""
+    extra = "".join(f", {name} {r['test'][key] * 100:.2f}%" for key, name in (("f1a", "F1a"), ("exact_match", "EM"))
+                    if key in r["test"])
+    return f"{cfg.method} on {cfg.task}: test accuracy {r['test']['accuracy'] * 100:.2f}%{extra} -> {r['results_path']}"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cola-opt``; returns the exit status (2 for bad input)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from transformers/peft
     from .compare import compare
     from .models import ModelLoadError
+    from .notify import warn
+    from .precision import slow_precision
     from .trainer import finetune
 
     try:
         cfg = config_from_args(args)
         cfg.validate()
+        slow = slow_precision(cfg.autocast, cfg.dtype, cfg.device)
+        if slow:
+            warn(slow)
         if args.command == "grid":
             from .grid import GridConfig, run_grid
 
@@ -146,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "compare":
             compare(cfg)
         else:
-            r = finetune(cfg)
-            print(f"{cfg.method} on {cfg.task}: test accuracy {r['test']['accuracy'] * 100:.2f}% -> {r['results_path']}")
+            print(_done_line(cfg, finetune(cfg)))
     except (ValueError, FileNotFoundError, ModelLoadError, RuntimeError) as e:
         print(f"cola-opt: error: {e}", file=sys.stderr)
         return 2

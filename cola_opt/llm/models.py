@@ -18,6 +18,7 @@ Cache folder: ``$COLA_CACHE`` if set, else ``$XDG_CACHE_HOME/cola_opt``, else
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import shutil
@@ -37,6 +38,7 @@ __all__ = [
     "builtin_model_dir",
     "cache_dir",
     "check_float_model",
+    "check_model_name",
     "load_model",
     "quantized_weight",
     "resolve_model_dir",
@@ -242,6 +244,38 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tok.save_pretrained(out)
 
 
+def check_model_name(model: str) -> None:
+    """Refuse a ``--model`` that can be neither a built-in model, a local folder nor a hub id, at once.
+
+    No network is used. Refused: an empty name; an existing file (a model is a folder);
+    a path that does not exist (absolute, starting with ``.`` or ``~``, ending with a
+    separator, or with more than one ``/``: a hub id is ``name`` or ``org/name``); a bare
+    name close to a built-in name (``smollm2-13m``), which the hub would otherwise be
+    asked for, and time out on offline machines. Anything else is left to
+    ``from_pretrained`` (a local folder, or the hub).
+
+    Raises:
+        ValueError: naming the value and what it was taken for.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model {model!r} is empty: pass a built-in model ({', '.join(BUILTIN_MODELS)}), a model "
+                         "folder or a hub id")
+    if model in BUILTIN_MODELS:
+        return
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ValueError(f"model {model!r} is a file, not a model folder (a folder with config.json)")
+    if model.startswith((".", "~", "/", os.sep)) or model.endswith(("/", os.sep)) or model.count("/") > 1 \
+            or (os.sep != "/" and os.sep in model):
+        raise ValueError(f"model {model!r}: no such folder")
+    close = difflib.get_close_matches(model.lower(), list(BUILTIN_MODELS), n=1, cutoff=0.6)
+    if "/" not in model and close:
+        raise ValueError(f"model {model!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}): did you mean "
+                         f"{close[0]!r}? (a local folder must exist; a hub id is org/name)")
+
+
 def resolve_model_dir(model: str) -> str:
     """Map a model argument to what ``from_pretrained`` takes.
 
@@ -268,7 +302,8 @@ def load_model(model: str, *, dtype: str = "fp32", device: str = "cpu"):
         ``(model, tokenizer)``; the tokenizer has a pad token (EOS if it had none).
 
     Raises:
-        ValueError: on an unknown dtype.
+        ValueError: on an unknown dtype, or a model that is no folder, built-in name or hub id
+            (:func:`check_model_name`).
         ModelLoadError: when the model cannot be found or read (the message says why).
     """
     import torch
@@ -281,6 +316,7 @@ def load_model(model: str, *, dtype: str = "fp32", device: str = "cpu"):
         torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N)") from None
+    check_model_name(model)
     path = resolve_model_dir(model)
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise ModelLoadError(f"cannot load local directory {path!r}: it has no config.json (not a model folder)")

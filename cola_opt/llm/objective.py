@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .scoring import autocast_context, candidate_scores, classification_loss, encode_examples, evaluate
+from .scoring import Truncation, autocast_context, candidate_scores, classification_loss, encode_examples, evaluate
 from .tasks import Example
 
 __all__ = ["CandidateClassification", "Objective", "evaluate_split"]
@@ -64,6 +64,10 @@ class CandidateClassification:
         max_length: most tokens in prompt plus longest candidate; longer prompts are
             cut from the left (:func:`cola_opt.llm.scoring.encode_examples`).
         autocast: ``"none"``, ``"bf16"`` or ``"fp16"``.
+
+    Attributes:
+        truncation: what the last :meth:`encode` cut (:class:`~cola_opt.llm.scoring.Truncation`:
+            prompts cut, tokens lost, the longest length); the trainer warns and records it.
     """
 
     metric = "accuracy"
@@ -71,9 +75,11 @@ class CandidateClassification:
     def __init__(self, tokenizer, max_length: int, autocast: str = "none") -> None:
         self.tokenizer, self.max_length, self.autocast = tokenizer, max_length, autocast
         self.pad_id = tokenizer.pad_token_id
+        self.truncation: Truncation | None = None
 
     def encode(self, examples: Sequence[Example]) -> list:
-        return encode_examples(self.tokenizer, examples, self.max_length)
+        self.truncation = Truncation(self.max_length)
+        return encode_examples(self.tokenizer, examples, self.max_length, self.truncation)
 
     def length(self, item) -> int:
         # one-token candidates are scored from the prompt alone; else each candidate follows the prompt

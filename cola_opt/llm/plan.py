@@ -16,6 +16,7 @@ from ..chain.schedules import uniform_knots, validate_knots
 from .config import FinetuneConfig
 from .lora import check_targets
 from .models import check_float_model
+from .notify import warn
 from .tasks import Splits, get_task, sample_splits
 
 __all__ = ["Plan", "draw", "plan_steps", "preflight"]
@@ -48,11 +49,15 @@ def plan_steps(cfg: FinetuneConfig, n_train: int) -> tuple[int, int, tuple[int, 
 
     Raises:
         ValueError: if the knots do not fit in the run (more links than steps, or a
-            knot step at or past the last step), or ``link_ranks`` has not one entry
-            per link.
+            knot step at or past the last step), ``link_ranks`` has not one entry
+            per link, or the warm-up is as long as the run or longer (the LR would never
+            reach ``lr``).
     """
     per_epoch = math.ceil(n_train / (cfg.batch_size * cfg.grad_accum))
     total = cfg.max_steps if cfg.max_steps is not None else per_epoch * cfg.epochs
+    if cfg.method_type.trains and cfg.warmup_steps >= total > 0:
+        raise ValueError(f"warmup_steps={cfg.warmup_steps} is not shorter than the run ({total} optimizer steps): "
+                         "the learning rate would never reach --lr; lower --warmup-steps")
     if not cfg.method_type.knots:
         return per_epoch, total, ()
     if cfg.knot_steps is not None:
@@ -65,9 +70,17 @@ def plan_steps(cfg: FinetuneConfig, n_train: int) -> tuple[int, int, tuple[int, 
 
 
 def draw(cfg: FinetuneConfig) -> Splits:
-    """The examples of ``cfg``'s task and seed (MeZO sampling, :func:`cola_opt.llm.tasks.sample_splits`)."""
-    return sample_splits(get_task(cfg.task), seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test,
-                         data_dir=cfg.data_dir)
+    """The examples of ``cfg``'s task and seed (MeZO sampling, :func:`cola_opt.llm.tasks.sample_splits`).
+
+    A method that trains nothing needs no train split. A count that could not be met
+    (``n_train`` above what the train split holds) is warned about here, once per draw,
+    and recorded in ``Splits.capped``.
+    """
+    splits = sample_splits(get_task(cfg.task), seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test,
+                           data_dir=cfg.data_dir, need_train=cfg.method_type.trains)
+    for line in splits.warnings():
+        warn(line)
+    return splits
 
 
 def preflight(cfg: FinetuneConfig, splits: Splits | None = None) -> Plan:

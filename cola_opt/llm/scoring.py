@@ -9,13 +9,16 @@ candidate ends at the last position and only the last few positions' logits are
 computed (``logits_to_keep``). When every candidate of every example is one token
 (``" Yes"`` / ``" No"``), all candidates are scored from one forward pass over the
 prompt alone: the scores are the same and the cost is ``1/C`` of the general path.
+
+Prompts longer than ``max_length`` lose their start; :class:`Truncation` counts the
+prompts cut and the tokens lost, so that a run can say so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +26,8 @@ import torch.nn.functional as F
 from .guard import NonFiniteError
 from .tasks import Example
 
-__all__ = ["Encoded", "autocast_context", "candidate_scores", "classification_loss", "encode_examples", "evaluate",
-           "sequence_scores"]
+__all__ = ["Encoded", "Truncation", "autocast_context", "candidate_scores", "classification_loss", "encode_examples",
+           "evaluate", "sequence_scores", "truncation_warning"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +52,62 @@ def _candidate_tokens(tokenizer, prompt: str, prompt_ids: list[int], cand: str) 
     return tokenizer(cand, add_special_tokens=False)["input_ids"]
 
 
-def encode_examples(tokenizer, examples: Sequence[Example], max_length: int) -> list[Encoded]:
+@dataclass
+class Truncation:
+    """What cutting prompts to ``max_length`` cost one split (filled by :func:`encode_examples`).
+
+    Attributes:
+        max_length: the limit (tokens of prompt plus longest candidate).
+        n: examples encoded.
+        cut: examples whose prompt lost its start.
+        tokens_lost: prompt tokens dropped, summed over the examples (tokens).
+        longest: the longest prompt plus longest candidate before any cut (tokens): the
+            ``max_length`` that would cut nothing.
+    """
+
+    max_length: int
+    n: int = 0
+    cut: int = 0
+    tokens_lost: int = 0
+    longest: int = 0
+
+    def add(self, length: int, lost: int) -> None:
+        """Count one example of ``length`` tokens (uncut) that lost ``lost`` prompt tokens."""
+        self.n += 1
+        self.cut += lost > 0
+        self.tokens_lost += lost
+        self.longest = max(self.longest, length)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def truncation_warning(per_split: dict[str, Truncation]) -> str | None:
+    """One line naming the splits whose prompts were cut, with counts; ``None`` if none was.
+
+    For example ``max_length=256 cut the start of 782 of 1000 test prompts (41236 tokens
+    lost) and ...; the longest prompt with its answer is 641 tokens: pass --max-length 641
+    to keep every prompt whole``.
+    """
+    cut = {name: t for name, t in per_split.items() if t.cut}
+    if not cut:
+        return None
+    limit = next(iter(cut.values())).max_length
+    parts = [f"{t.cut} of {t.n} {name} prompts ({t.tokens_lost} tokens lost)" for name, t in cut.items()]
+    longest = max(t.longest for t in per_split.values())
+    return (f"max_length={limit} cut the start of {' and '.join(parts)}; the longest prompt with its answer is "
+            f"{longest} tokens: pass --max-length {longest} to keep every prompt whole")
+
+
+def encode_examples(tokenizer, examples: Sequence[Example], max_length: int,
+                    truncation: Truncation | None = None) -> list[Encoded]:
     """Tokenise examples; prompts longer than fits are cut from the left (after BOS).
 
     Args:
         tokenizer: a Hugging Face tokenizer.
         examples: the examples.
         max_length: most tokens in prompt + longest candidate.
+        truncation: if given, counts every example and what its cut lost (:class:`Truncation`).
 
     Raises:
         ValueError: if ``max_length`` cannot hold a candidate plus one prompt token, or
@@ -74,9 +126,12 @@ def encode_examples(tokenizer, examples: Sequence[Example], max_length: int) -> 
         room = max_length - max(len(c) for c in cands)
         if room < 1 + (p[:1] == [bos]):
             raise ValueError(f"max_length={max_length} cannot hold a prompt token and a {max(map(len, cands))}-token answer")
+        length = len(p) + max(map(len, cands))
         if len(p) > room:
             keep_bos = p[:1] == [bos] and bos is not None
             p = ([bos] if keep_bos else []) + p[len(p) - room + keep_bos :]
+        if truncation is not None:
+            truncation.add(length, length - len(p) - max(map(len, cands)))
         out.append(Encoded(tuple(p), tuple(cands), ex.label))
     return out
 

@@ -36,11 +36,14 @@ from .locks import run_lock
 from .loop import TrainingLoop
 from .lora import inject_lora, lora_sites
 from .models import load_model
+from .notify import warn
 from .objective import CandidateClassification, Objective, evaluate_split
 from .plan import preflight
+from .precision import precision_facts
 from .resume import resume_point
 from .runlog import RunLog
-from .tasks import Splits
+from .scoring import truncation_warning
+from .tasks import Splits, find_task, task_metrics
 
 __all__ = ["FullFinetuning", "build_chain", "finetune", "make_batch_order", "make_objective", "resolve_device"]
 
@@ -97,7 +100,15 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         time in seconds), ``total_steps``, ``checkpoints`` (step, seconds, bytes of each
         checkpoint written; null seconds and bytes for the one a run resumed from),
         ``resumed_from`` (the step of each resume), ``export_dir``, and wall times in
-        seconds (``train_seconds`` adds up the processes of a resumed run). Also written
+        seconds (``train_seconds`` adds up the processes of a resumed run); CPU seconds
+        of this process (``time.process_time``, all threads: ``train_cpu_seconds`` for
+        training and its dev evaluations, ``cpu_seconds`` for the whole run); ``capped``
+        (counts asked but not met, :attr:`cola_opt.llm.tasks.Splits.capped`);
+        ``truncation`` (``max_length`` and, per split, prompts ``cut``, ``tokens_lost``
+        and the ``longest`` length, warned about once); ``precision`` (the autocast that
+        ran, ``dtype``, ``fp32_master``, and the device facts ``auto`` was decided on).
+        ``test`` also holds ``idx`` (the record idx of each prediction) and the task's
+        official metrics (MultiRC: ``f1a``, ``exact_match``, ``questions``). Also written
         to ``<output_dir>/<task>_<method>_s<seed>/results.json``.
 
     Raises:
@@ -111,7 +122,7 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         KeyboardInterrupt: Ctrl-C or SIGTERM; with checkpoints on, the first one ends the
             current step and writes a checkpoint first.
     """
-    t_start = time.perf_counter()
+    t_start, cpu_t0 = time.perf_counter(), time.process_time()
     plan = preflight(cfg, splits)
     method, run_dir = cfg.method_type, cfg.run_dir
     with contextlib.ExitStack() as stack:
@@ -123,28 +134,35 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         model, tok = load_model(cfg.model, dtype=cfg.dtype, device=device)
         model.config.use_cache = False
         objective = make_objective(cfg, tok)
-        data = {name: objective.encode(getattr(plan.splits, name)) for name in SPLITS}
+        data, truncation = _encode_splits(objective, plan.splits)
         evaluation = partial(_evaluation, cfg, objective, data)
         log, chain = RunLog(), None
+        train_cpu = 0.0
         if method.trains:
             model, chain, sched = build_chain(cfg, model, plan.total_steps, plan.knots)
+            cpu_start = time.process_time()
             TrainingLoop(cfg, run_dir, model, chain, sched, objective, data["train"], make_batch_order(cfg, objective, data["train"]),
                          plan.total_steps, partial(evaluation, "dev"), log, resume_from).run()
+            train_cpu = time.process_time() - cpu_start
         else:
             log.dev_history.append({"epoch": 0, "step": 0, **evaluation("dev", model)})
         t_eval = time.perf_counter()
-        test = evaluation("test", model)
+        test = _test_result(cfg, evaluation("test", model), plan.splits.test)
         result = {
             "config": cfg.to_dict(), "device": device, "host": platform.node(), "data_source": plan.splits.source,
             "data_fingerprint": plan.splits.fingerprint(), "counts": plan.splits.counts,
+            "capped": plan.splits.capped, "truncation": truncation,
+            "precision": {"autocast": cfg.autocast, "dtype": cfg.dtype, "fp32_master": cfg.fp32_master,
+                          **precision_facts(device)},
             "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps, "knot_steps": list(plan.knots),
-            **log.to_dict(), "test": test, "dev": log.dev_history[-1] if log.dev_history else None,
+            **log.to_dict(), "train_cpu_seconds": train_cpu, "test": test,
+            "dev": log.dev_history[-1] if log.dev_history else None,
             "test_seconds": time.perf_counter() - t_eval, "export_dir": None,
         }
-        out = _write_results(result, run_dir, t_start)  # before the export: a failed export loses no result
+        out = _write_results(result, run_dir, t_start, cpu_t0)  # before the export: a failed export loses no result
         if cfg.export_dir:
             result["export_dir"] = _export(cfg, model, chain, tok)
-            _write_results(result, run_dir, t_start)
+            _write_results(result, run_dir, t_start, cpu_t0)
         if method.trains:
             remove_checkpoints(run_dir)
     result["results_path"] = str(out)
@@ -162,9 +180,38 @@ def _evaluation(cfg: FinetuneConfig, objective: Objective, data: dict, name: str
                           desc=f"{cfg.method} {name} eval" if cfg.progress else None)
 
 
-def _write_results(result: dict, run_dir: Path, t_start: float) -> Path:
+def _write_results(result: dict, run_dir: Path, t_start: float, cpu_start: float) -> Path:
     result["wall_seconds"] = time.perf_counter() - t_start
+    result["cpu_seconds"] = time.process_time() - cpu_start
     return atomic_save_json(result, run_dir / "results.json")
+
+
+def _encode_splits(objective: Objective, splits: Splits) -> tuple[dict, dict | None]:
+    """Each split's items, and what cutting prompts to the length limit lost (warned about once).
+
+    Returns ``(items per split, truncation)``: ``truncation`` is ``{"max_length", and per
+    split {"n", "cut", "tokens_lost", "longest"}}`` (:class:`cola_opt.llm.scoring.Truncation`),
+    or ``None`` for an objective that does not count its cuts (no ``truncation`` attribute).
+    """
+    data, cuts = {}, {}
+    for name in SPLITS:
+        data[name] = objective.encode(getattr(splits, name))
+        if getattr(objective, "truncation", None) is not None:
+            cuts[name] = objective.truncation
+    if not cuts:
+        return data, None
+    line = truncation_warning(cuts)
+    if line:
+        warn(line)
+    return data, {"max_length": next(iter(cuts.values())).max_length,
+                  **{name: {k: v for k, v in t.to_dict().items() if k != "max_length"} for name, t in cuts.items()}}
+
+
+def _test_result(cfg: FinetuneConfig, test: dict, examples: list) -> dict:
+    """The test evaluation with each prediction's record ``idx`` and the task's official metrics (MultiRC: F1a, EM)."""
+    if "predictions" not in test:
+        return test
+    return {**test, **task_metrics(find_task(cfg.task), examples, test["predictions"]), "idx": [e.idx for e in examples]}
 
 
 class FullFinetuning:
@@ -218,7 +265,7 @@ def build_chain(cfg: FinetuneConfig, model, total_steps: int, knots: tuple[int, 
     if not cfg.method_type.lora:
         return model, FullFinetuning(inner), sched
     chain = ResidualLowRankOptimizer(
-        lora_sites(model), inner, knot_steps=knots, ranks=cfg.link_ranks, reset=cfg.optimizer_reset, seed=cfg.seed
+        lora_sites(model, fp32_master=cfg.fp32_master), inner, knot_steps=knots, ranks=cfg.link_ranks, reset=cfg.optimizer_reset, seed=cfg.seed
     )
     return model, chain, sched
 

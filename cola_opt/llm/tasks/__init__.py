@@ -3,10 +3,13 @@
 - :mod:`.readers`: the release file formats (jsonl, GLUE TSV, MultiRC's nested records);
 - :mod:`.definitions`: the seven tasks (:class:`Task`): templates, verbalizers, labels;
 - :mod:`.sampling`: where the records come from (:func:`resolve_data_dir`,
-  :func:`read_split`) and the per-seed draw of train, dev and test (:func:`sample_splits`).
+  :func:`read_split`) and the per-seed draw of train, dev and test (:func:`sample_splits`);
+- :mod:`.metrics`: official metrics beside accuracy (MultiRC's F1a and exact match).
 """
 
-from .definitions import TASKS, Example, Task, get_task
+from .definitions import TASKS, Example, Task, find_task, get_task
+from .metrics import task_metrics
 from .sampling import Splits, read_split, resolve_data_dir, sample_splits
 
-__all__ = ["TASKS", "Example", "Splits", "Task", "get_task", "read_split", "resolve_data_dir", "sample_splits"]
+__all__ = ["TASKS", "Example", "Splits", "Task", "find_task", "get_task", "read_split", "resolve_data_dir",
+           "sample_splits", "task_metrics"]

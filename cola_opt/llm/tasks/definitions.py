@@ -6,7 +6,10 @@ causal LM classifies by scoring each candidate (:mod:`cola_opt.llm.scoring`).
 
 Seven tasks: SST-2 (GLUE); RTE, CB, WiC, WSC, BoolQ and MultiRC (SuperGLUE). MultiRC is
 scored per answer option: each (paragraph, question, answer) is one yes/no
-:class:`Example`, and sampling draws answer options, as MeZO does.
+:class:`Example`; training and dev examples are drawn by answer option, as MeZO does,
+test examples by whole question (``Task.group``), so that its official metrics, F1a over
+answer options and exact match per question (:mod:`.metrics`), are computed on whole
+questions.
 
 Templates are ours, written in the spirit of MeZO's (princeton-nlp/MeZO,
 ``large_models/templates.py``); they are listed in ``docs/tasks.md``.
@@ -14,13 +17,15 @@ Templates are ours, written in the spirit of MeZO's (princeton-nlp/MeZO,
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from .metrics import multirc_metrics
 from .readers import multirc_text, read_glue_tsv, read_multirc
 
-__all__ = ["TASKS", "Example", "Task", "get_task"]
+__all__ = ["TASKS", "Example", "Task", "find_task", "get_task"]
 
 
 @dataclass(frozen=True)
@@ -32,11 +37,16 @@ class Example:
         candidates: answer strings, each appended directly to ``prompt`` (they start
             with a space where a space is meant).
         label: index of the gold candidate.
+        idx: the record's ``idx`` in the release (an int; for MultiRC
+            ``{"paragraph", "question", "answer"}``), carried into the test predictions;
+            not part of :meth:`~cola_opt.llm.tasks.Splits.fingerprint` (which hashes
+            prompt, candidates and label) nor of equality.
     """
 
     prompt: str
     candidates: tuple[str, ...]
     label: int
+    idx: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,10 @@ class Task:
             than one record per jsonl line; ``None`` reads ``<stem>.jsonl``.
         max_dev: MeZO's dev-set size for the task (500; 100 for CB, whose train split
             has 250 records).
+        group: record -> the unit the test split is drawn in (MultiRC: its question), or
+            ``None`` to draw records one by one.
+        metrics: ``(test examples, predictions) -> dict`` of the task's official metrics
+            beside accuracy (MultiRC: F1a and exact match), or ``None``.
     """
 
     name: str
@@ -70,6 +84,8 @@ class Task:
     splits: tuple[str, str] = ("train", "val")
     reader: Callable[[Path, str], list[dict]] | None = None
     max_dev: int = 500
+    group: Callable[[dict], Hashable] | None = None
+    metrics: Callable[[list, list], dict] | None = None
 
     def example(self, record: dict) -> Example:
         """The :class:`Example` of one record.
@@ -79,7 +95,7 @@ class Task:
                 not one this task knows; the message names the task and the record's idx.
         """
         try:
-            return Example(self.template(record), self.candidates, self.label(record))
+            return Example(self.template(record), self.candidates, self.label(record), record.get("idx"))
         except (KeyError, TypeError) as e:
             where = record.get("idx", "?") if isinstance(record, dict) else "?"
             raise ValueError(f"{self.name} record idx={where} is malformed: missing or bad field {e}") from None
@@ -251,8 +267,15 @@ TASKS: dict[str, Task] = {
         hf_name=("aps/super_glue", "multirc"),
         from_hf=_multirc_from_hf,
         reader=read_multirc,
+        group=lambda r: (r["idx"]["paragraph"], r["idx"]["question"]),
+        metrics=multirc_metrics,
     ),
 }
+
+
+def find_task(name: str) -> Task | None:
+    """The task called ``name`` (case-insensitive; ``-`` and ``_`` ignored), or ``None``."""
+    return TASKS.get(str(name).lower().replace("-", "").replace("_", ""))
 
 
 def get_task(name: str) -> Task:
@@ -261,7 +284,7 @@ def get_task(name: str) -> Task:
     Raises:
         ValueError: on an unknown task, listing the known ones.
     """
-    key = str(name).lower().replace("-", "").replace("_", "")
-    if key not in TASKS:
+    task = find_task(name)
+    if task is None:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[key]
+    return task

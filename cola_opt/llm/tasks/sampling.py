@@ -11,11 +11,10 @@ as ``../shared/data``) serves every task.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +106,10 @@ class Splits:
         train, dev, test: the examples.
         source: the local folder, or ``"hf:<path>/<config>"``.
         counts: the numbers actually drawn (``n_train`` may be capped, see :func:`sample_splits`).
+        capped: the splits that got fewer examples than asked, and why:
+            ``{"train": {"asked": 1000, "drawn": 54, "reason": "..."}}``; empty when every
+            count was met (a test split smaller than ``n_test`` is used whole, by the MeZO
+            protocol, and is not listed).
     """
 
     train: list[Example]
@@ -114,6 +117,11 @@ class Splits:
     test: list[Example]
     source: str
     counts: dict[str, int]
+    capped: dict[str, dict] = field(default_factory=dict)
+
+    def warnings(self) -> list[str]:
+        """One line per entry of :attr:`capped`: what was asked, what was drawn, and why."""
+        return [f"n_{name}={c['asked']} asked, {c['drawn']} drawn: {c['reason']}" for name, c in self.capped.items()]
 
     def fingerprint(self) -> str:
         """SHA-1 (16 hex digits) of the examples drawn: every field of every train, dev and test example, in order.
@@ -121,7 +129,9 @@ class Splits:
         Two draws with the same fingerprint hold the same examples, whatever folder or
         seed they came from; a changed label or prompt changes it.
         """
-        drawn = {name: [dataclasses.astuple(e) for e in getattr(self, name)] for name in ("train", "dev", "test")}
+        # (prompt, candidates, label): what dataclasses.astuple gave before Example had its idx
+        drawn = {name: [(e.prompt, e.candidates, e.label) for e in getattr(self, name)]
+                 for name in ("train", "dev", "test")}
         return hashlib.sha1(json.dumps(drawn, ensure_ascii=False).encode()).hexdigest()[:16]
 
     def majority_accuracy(self) -> float:
@@ -132,20 +142,31 @@ class Splits:
 
 
 def sample_splits(
-    task: Task, *, seed: int, n_train: int, n_dev: int, n_test: int, data_dir: str | os.PathLike | None = None
+    task: Task, *, seed: int, n_train: int, n_dev: int, n_test: int, data_dir: str | os.PathLike | None = None,
+    need_train: bool = True,
 ) -> Splits:
     """Draw train, dev and test examples by the MeZO protocol, per seed.
 
     ``n_train + n_dev`` records are drawn without replacement from the train split
     with ``numpy.random.RandomState(seed)``; dev is the last ``n_dev`` of the draw.
     Test is ``n_test`` records drawn from the validation split, or all of it (in file
-    order) when it is smaller, since the release's test files carry no labels. When
-    the train split is too small, ``n_train`` is capped to what remains after dev.
+    order) when it is smaller, since the release's test files carry no labels. A task
+    with a ``group`` (MultiRC: the question) draws its test split by group: whole groups
+    in a random order, as many as fit in ``n_test`` records (at least one), so that every
+    question drawn has all its answer options. When the train split is too small,
+    ``n_train`` is capped to what remains after dev, and :attr:`Splits.capped` says so.
+
+    Args:
+        need_train: ``False`` for a run that trains nothing (zero-shot, an evaluation):
+            a missing train split is then no error, and train and dev are empty (listed
+            in :attr:`Splits.capped` when ``n_dev > 0``).
 
     Raises:
         ValueError: on a negative count, ``n_train < 1``, a seed outside ``[0, 2**32)``,
             an empty validation split, or ``n_dev`` that leaves no training example.
-        FileNotFoundError, RuntimeError: as :func:`resolve_data_dir` and :func:`read_split`.
+        FileNotFoundError, RuntimeError: as :func:`resolve_data_dir` and :func:`read_split`;
+            a missing train split with ``need_train`` says that ``--method zero-shot``
+            evaluates without one.
     """
     for name, v in (("n_train", n_train), ("n_dev", n_dev), ("n_test", n_test)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -157,20 +178,28 @@ def sample_splits(
     if not isinstance(task, Task):
         raise ValueError(f"task must be a Task (see get_task), got {task!r}")
     root = resolve_data_dir(task, data_dir)
-    train_pool = read_split(task, "train", root)
+    train_pool = _train_pool(task, root, need_train)
     val_pool = read_split(task, "val", root)
     if not val_pool:
         raise ValueError(f"the validation split of {task.name} is empty: nothing to test on ({root or 'HF'})")
-    if n_dev >= len(train_pool):
+    if train_pool is not None and n_dev >= len(train_pool):
         raise ValueError(f"n_dev={n_dev} leaves no training example: {task.name} has {len(train_pool)} train records")
     rng = np.random.RandomState(seed)
-    take = min(n_train + n_dev, len(train_pool))
-    drawn = [train_pool[i] for i in rng.choice(len(train_pool), take, replace=False)]
-    train_recs, dev_recs = drawn[: take - n_dev], drawn[take - n_dev :]
-    if n_test >= len(val_pool):
-        test_recs = val_pool
+    capped = {}
+    if train_pool is None:
+        train_recs, dev_recs = [], []
+        if n_dev > 0:
+            capped["dev"] = {"asked": n_dev, "drawn": 0, "reason": f"{task.name} has no train split in {root}, "
+                             "so there are no dev examples; the run evaluates on the validation split alone"}
     else:
-        test_recs = [val_pool[i] for i in rng.choice(len(val_pool), n_test, replace=False)]
+        take = min(n_train + n_dev, len(train_pool))
+        drawn = [train_pool[i] for i in rng.choice(len(train_pool), take, replace=False)]
+        train_recs, dev_recs = drawn[: take - n_dev], drawn[take - n_dev :]
+        if len(train_recs) < n_train:
+            capped["train"] = {"asked": n_train, "drawn": len(train_recs), "reason": (
+                f"{task.name}'s train split has {len(train_pool)} records and n_dev={n_dev} takes {n_dev} of them; "
+                f"training on {len(train_recs)}")}
+    test_recs = _test_records(task, val_pool, n_test, rng)
     source = str(root) if root is not None else "hf:" + "/".join(task.hf_name)
     return Splits(
         train=[task.example(r) for r in train_recs],
@@ -178,4 +207,33 @@ def sample_splits(
         test=[task.example(r) for r in test_recs],
         source=source,
         counts={"train": len(train_recs), "dev": len(dev_recs), "test": len(test_recs)},
+        capped=capped,
     )
+
+
+def _train_pool(task: Task, root: Path | None, need_train: bool) -> list[dict] | None:
+    """The train split's records; ``None`` when it is missing and not needed."""
+    try:
+        return read_split(task, "train", root)
+    except FileNotFoundError as e:
+        if need_train:
+            raise FileNotFoundError(f"{e}; training needs it (--method zero-shot evaluates without one)") from None
+        return None
+
+
+def _test_records(task: Task, val_pool: list[dict], n_test: int, rng: np.random.RandomState) -> list[dict]:
+    """``n_test`` records of the validation split (all of it if smaller), drawn one by one or by ``task.group``."""
+    if n_test >= len(val_pool):
+        return val_pool
+    if task.group is None:
+        return [val_pool[i] for i in rng.choice(len(val_pool), n_test, replace=False)]
+    groups: dict = {}
+    for r in val_pool:
+        groups.setdefault(task.group(r), []).append(r)
+    units = list(groups.values())
+    out: list[dict] = []
+    for i in rng.permutation(len(units)):
+        if out and len(out) + len(units[i]) > n_test:
+            break
+        out.extend(units[i])
+    return out
