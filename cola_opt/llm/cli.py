@@ -129,11 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from transformers/peft
     from .compare import compare
+    from .metrics import result_line
     from .models import ModelLoadError
     from .trainer import finetune
 
     try:
         cfg = config_from_args(args)
+        if args.command == "grid":  # the grid sets the task per run; its options are checked with its first task's
+            cfg = cfg.replace(task=args.tasks[0])
         cfg.validate()
         if args.command == "grid":
             from .grid import GridConfig, run_grid
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             compare(cfg)
         else:
             r = finetune(cfg)
-            print(f"{cfg.method} on {cfg.task}: test accuracy {r['test']['accuracy'] * 100:.2f}% -> {r['results_path']}")
+            print(result_line(cfg, r))
     except (ValueError, FileNotFoundError, ModelLoadError, RuntimeError) as e:
         print(f"cola-opt: error: {e}", file=sys.stderr)
         return 2

@@ -36,9 +36,10 @@ from .export import check_export_target
 from .guard import GUARD_POLICIES
 from .lora import LoraSettings
 from .methods import Method, get_method
-from .tasks import get_task
+from .tasks import UserData, is_user_task, task_name
 
-__all__ = ["RESUMABLE_CHANGES", "RESUME_MODES", "FinetuneConfig", "check_chain_length", "field_roles"]
+__all__ = ["RESUMABLE_CHANGES", "RESUME_MODES", "USER_TASK_OPTIONS", "FinetuneConfig", "check_chain_length",
+           "field_roles"]
 
 RESUME_MODES = ("auto", "require", "never")
 
@@ -72,7 +73,8 @@ class FinetuneConfig:
         ValueError: from :meth:`validate`, naming the bad value.
     """
 
-    task: str = _f("wsc", "task name (wsc, rte, ...)", grid="per_run")
+    task: str = _f("wsc", "task name (wsc, rte, ...), or for your own data text, completion or classification with "
+                   "--train-file (docs/data.md)", grid="per_run")
     model: str = _f(
         "smollm2-135m", "built-in model (smollm2-135m, gemma3-270m), local model directory, or hub id (e.g. facebook/opt-1.3b)"
     )
@@ -112,7 +114,8 @@ class FinetuneConfig:
     target_modules: tuple[str, ...] = _f(("q_proj", "v_proj"), "modules to adapt, comma separated (name suffixes)")
     bias: str = _f("none", "PEFT bias: none, all or lora_only (the paper's OPT runs train biases)")
     optimizer_reset: str = _f("full", "optimizer state at a knot: full, keep, prune:<ratio>[:random]")
-    max_length: int = _f(256, "most tokens per prompt plus answer; longer prompts are cut from the left (tokens)")
+    max_length: int = _f(256, "most tokens per prompt plus answer, longer prompts cut from the left; for --task text, "
+                         "tokens per packed block (tokens)")
     eval_batch_size: int = _f(16, "examples per evaluation batch (examples)", fingerprint=False)
     device: str = _f("auto", "auto, cpu, cuda or cuda:N", fingerprint=False)
     dtype: str = _f("fp32", "weight dtype: fp32, bf16 or fp16")
@@ -145,6 +148,36 @@ class FinetuneConfig:
         None, "folder in which each link is saved as a PEFT adapter (link-00, link-01, ...) just before it is "
         "merged (none = off)", fingerprint=False, resumable=False, grid="none",
     )
+    # users' own data (docs/data.md): --task text, completion or classification. The paths are not fingerprinted
+    # (the examples drawn are, Splits.fingerprint); the rest is late, so grids from before them keep their fingerprint.
+    train_file: str | None = _f(
+        None, "your training data for --task text, completion or classification: a JSONL, CSV or parquet file, a folder "
+        "of text files, or hf:<dataset>[:<config>][@<split>]", fingerprint=False,
+    )
+    dev_file: str | None = _f(None, "your dev data, in the same forms; none: the last n_dev of the training draw",
+                              fingerprint=False)
+    test_file: str | None = _f(None, "your test data, in the same forms; none: n_test records of --train-file held out "
+                               "by seed", fingerprint=False)
+    text_field: str = _f("text", "the records' field holding a document (--task text; a folder's files are documents)",
+                         late=True)
+    prompt_field: str = _f("prompt", "the records' field holding the prompt (unless --template)", late=True)
+    completion_field: str = _f("completion", "the records' field holding the completion (--task completion)", late=True)
+    label_field: str = _f("label", "the records' field holding the label: a candidate or its 0-based index "
+                          "(--task classification)", late=True)
+    template: str | None = _f(
+        None, "the prompt as a format string over the records' fields, \\n for a newline, e.g. "
+        "'{premise}\\nQuestion: {hypothesis}?\\nAnswer:' (none: --prompt-field)", late=True,
+    )
+    candidates: tuple[str, ...] | None = _f(
+        None, "label words of --task classification in label order, comma separated (e.g. No,Yes)", late=True,
+    )
+    label_prefix: str = _f(" ", "text put between the prompt and each label word (--task classification)", late=True)
+    chat_template: bool = _f(
+        False, "render each pair as a user turn and the assistant's answer in the tokenizer's chat template "
+        "(--task completion)", late=True,
+    )
+    text_glob: str = _f("**/*.txt", "which files of a data folder are documents (a glob relative to the folder)",
+                        late=True)
 
     def validate(self) -> None:
         """Check every field that can be checked without data or a model.
@@ -152,7 +185,7 @@ class FinetuneConfig:
         Raises:
             ValueError: naming the first bad value.
         """
-        get_task(self.task)
+        self._validate_task()
         method = get_method(self.method)
         for name in ("n_train", "n_test", "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length"):
             integer(getattr(self, name), name, 1)
@@ -183,6 +216,27 @@ class FinetuneConfig:
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
         self._validate_robustness(method)
+
+    def _validate_task(self) -> None:
+        """The task; the options of a user's data (only with a user task, :data:`USER_TASK_OPTIONS`)."""
+        if is_user_task(self.task):
+            if self.candidates is not None and not isinstance(self.candidates, str):
+                self.candidates = tuple(self.candidates)
+            self.user_data().validate()
+            if self.chat_template and self.task != "completion":
+                raise ValueError(f"chat_template needs --task completion, not {self.task!r}")
+            return
+        task_name(self.task)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in USER_TASK_OPTIONS:
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(f"{name} {getattr(self, name)!r} is an option of your own data: it needs --task text, "
+                                 f"completion or classification, and task {self.task!r} is built in")
+
+    def user_data(self) -> UserData:
+        """The user-data part of the config (:class:`~cola_opt.llm.tasks.user.UserData`), for a user task."""
+        return UserData(task=self.task, **{name: getattr(self, name) for name in USER_TASK_OPTIONS
+                                           if name != "chat_template"})
 
     def _validate_chain(self, method: Method) -> None:
         """Chain length, knots, LoRA settings and link ranks."""
@@ -286,6 +340,10 @@ def field_roles(role: str, value=True) -> tuple[str, ...]:
 
 # fields a resumed run (or a finished run read back) may change: they do not change the trained weights
 RESUMABLE_CHANGES = field_roles("resumable")
+
+# the options of a user's data (docs/data.md), refused with a built-in task
+USER_TASK_OPTIONS = ("train_file", "dev_file", "test_file", "text_field", "prompt_field", "completion_field",
+                     "label_field", "template", "candidates", "label_prefix", "chat_template", "text_glob")
 
 
 def _check_output_dir(path: str) -> None:

@@ -32,6 +32,7 @@ from .batching import BatchOrder, bucketed_batches, shuffled_batches
 from .checkpoint import CHECKPOINT_DIR, remove_checkpoints
 from .config import FinetuneConfig
 from .export import export_full, export_merged
+from .lm_objective import language_objective
 from .locks import run_lock
 from .loop import TrainingLoop
 from .lora import inject_lora, lora_sites
@@ -61,8 +62,9 @@ def resolve_device(device: str) -> str:
 
 
 def make_objective(cfg: FinetuneConfig, tokenizer) -> Objective:
-    """The objective of ``cfg``'s run: classification over the task's candidate answers."""
-    return CandidateClassification(tokenizer, cfg.max_length, cfg.autocast)
+    """The objective of ``cfg``'s run: next-token loss for ``--task text`` and ``completion``
+    (:func:`cola_opt.llm.lm_objective.language_objective`), else classification over the task's candidate answers."""
+    return language_objective(cfg, tokenizer) or CandidateClassification(tokenizer, cfg.max_length, cfg.autocast)
 
 
 def make_batch_order(cfg: FinetuneConfig, objective: Objective, train: list) -> BatchOrder:

@@ -107,6 +107,9 @@ class Splits:
         train, dev, test: the examples.
         source: the local folder, or ``"hf:<path>/<config>"``.
         counts: the numbers actually drawn (``n_train`` may be capped, see :func:`sample_splits`).
+        where: per split, where each example came from (``"train.jsonl:12"``), for the
+            errors found after the draw; filled for a user's data
+            (:meth:`cola_opt.llm.tasks.user.UserData.sample`), else empty. Not fingerprinted.
     """
 
     train: list[Example]
@@ -114,6 +117,7 @@ class Splits:
     test: list[Example]
     source: str
     counts: dict[str, int]
+    where: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """SHA-1 (16 hex digits) of the examples drawn: every field of every train, dev and test example, in order.
@@ -124,8 +128,13 @@ class Splits:
         drawn = {name: [dataclasses.astuple(e) for e in getattr(self, name)] for name in ("train", "dev", "test")}
         return hashlib.sha1(json.dumps(drawn, ensure_ascii=False).encode()).hexdigest()[:16]
 
-    def majority_accuracy(self) -> float:
-        """Test accuracy of always answering the most frequent training label, in [0, 1]."""
+    def majority_accuracy(self) -> float | None:
+        """Test accuracy of always answering the most frequent training label, in [0, 1]; ``None`` without labels.
+
+        Examples without a label (a language-modelling task's documents and completions) have no majority class.
+        """
+        if not all(isinstance(e, Example) for e in (*self.train, *self.test)):
+            return None
         labels = [e.label for e in self.train]
         top = max(set(labels), key=labels.count)
         return sum(e.label == top for e in self.test) / len(self.test)
