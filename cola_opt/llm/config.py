@@ -171,7 +171,8 @@ class FinetuneConfig:
     candidates: tuple[str, ...] | None = _f(
         None, "label words of --task classification in label order, comma separated (e.g. No,Yes)", late=True,
     )
-    label_prefix: str = _f(" ", "text put between the prompt and each label word (--task classification)", late=True)
+    label_prefix: str = _f(" ", "text put between the prompt and each label word, a space by default "
+                           "(--task classification)", late=True)
     chat_template: bool = _f(
         False, "render each pair as a user turn and the assistant's answer in the tokenizer's chat template "
         "(--task completion)", late=True,
