@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_tokenizer
 from safetensors.torch import load_file
 
 from cola_opt.llm import lm_objective
@@ -26,7 +27,6 @@ from cola_opt.llm.lm_objective import pack_documents
 from cola_opt.llm.report import paired_tests, results_table
 from cola_opt.llm.tasks import UserData
 from cola_opt.llm.trainer import finetune
-from conftest import tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["trophy", "suitcase", "Pete", "Mark", "book", "lies", "hypothesis", "noun", "passage", "pronoun"]
@@ -92,12 +92,11 @@ def test_finetune_on_a_text_folder_plans_steps_from_the_packed_blocks(tiny_model
                           "--output-dir", str(out)], capsys)
     assert code == 0, printed
     r = json.loads((out / "text_cola_s0" / "results.json").read_text())
-    cfg = FinetuneConfig(task="text", train_file=str(data / "docs"), n_train=7, n_dev=1, n_test=2)
     splits = UserData("text", str(data / "docs")).sample(seed=0, n_train=7, n_dev=1, n_test=2)
     blocks = pack_documents(tiny_tokenizer(), splits.train, 16)
     assert r["counts"]["train"] == 7 and len(blocks) > 7  # documents drawn, blocks trained on
     assert r["steps_per_epoch"] == math.ceil(len(blocks) / 2) and r["total_steps"] == 2 * r["steps_per_epoch"]
-    assert r["data_fingerprint"] == splits.fingerprint() and cfg.task == "text"
+    assert r["data_fingerprint"] == splits.fingerprint()
     assert r["test"]["tokens"] == sum(len(b.ids) - 1 for b in pack_documents(tiny_tokenizer(), splits.test, 16))
     assert "exact_match" not in r["test"] and r["dev"]["loss"] > 0 and len(r["knots"]) == 1
     assert "test loss" in printed and "nats per token" in printed
@@ -208,6 +207,36 @@ def test_resume_after_a_crash_gives_the_same_final_weights(tiny_model_dir, data,
     assert resumed["test"] == reference["test"] and [k["step"] for k in resumed["knots"]] == [4, 8]
     a, b = (load_file(Path(r["export_dir"]) / "model.safetensors") for r in (reference, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_from_before_the_late_fields_resumes_as_their_before_behaviour(tiny_model_dir, data, tmp_path,
+                                                                                   monkeypatch, deterministic):
+    from cola_opt.llm.config import USER_TASK_OPTIONS
+
+    reference = finetune(_resume_cfg(tiny_model_dir, data, tmp_path / "ref", export_dir=None))
+    real = lm_objective.CompletionLM.loss
+    calls = [0]
+
+    def crash_at_five(self, model, batch):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise RuntimeError("simulated crash")
+        return real(self, model, batch)
+
+    monkeypatch.setattr(lm_objective.CompletionLM, "loss", crash_at_five)
+    with pytest.raises(RuntimeError):
+        finetune(_resume_cfg(tiny_model_dir, data, tmp_path / "run", export_dir=None))
+    monkeypatch.undo()
+    state = tmp_path / "run" / "completion_cola_s0" / "checkpoint" / "step-000003" / "state.json"
+    doc = json.loads(state.read_text())
+    for name in (*USER_TASK_OPTIONS, "bucket_by_length"):  # as an older version wrote it
+        doc["state"]["config"].pop(name)
+    state.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"another configuration \(bucket_by_length: False -> True\)"):
+        finetune(_resume_cfg(tiny_model_dir, data, tmp_path / "run", export_dir=None))  # before: a plain shuffle
+    resumed = finetune(_resume_cfg(tiny_model_dir, data, tmp_path / "run", export_dir=None, bucket_by_length=False))
+    assert resumed["resumed_from"] == [3] and resumed["train_loss"][:3] == reference["train_loss"][:3]
+    assert len(resumed["train_loss"]) == 12
 
 
 def _cli_args(model_dir, data, out: Path) -> list[str]:

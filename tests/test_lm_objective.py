@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_llama, tiny_tokenizer
+
 from cola_opt import ResidualLowRankOptimizer
 from cola_opt.llm.guard import NonFiniteError
 from cola_opt.llm.lm_objective import (
@@ -17,7 +19,6 @@ from cola_opt.llm.lm_objective import (
 )
 from cola_opt.llm.lora import LoraSettings, inject_lora, lora_sites
 from cola_opt.llm.tasks import Completion, Document
-from conftest import tiny_llama, tiny_tokenizer
 
 PAIRS = [Completion("Question: does the trophy fit?\nAnswer:", " No"),
          Completion("Mark told Pete many lies about himself.", " Which Pete included in his book."),

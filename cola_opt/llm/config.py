@@ -39,7 +39,7 @@ from .methods import Method, get_method
 from .tasks import UserData, is_user_task, task_name
 
 __all__ = ["RESUMABLE_CHANGES", "RESUME_MODES", "USER_TASK_OPTIONS", "FinetuneConfig", "check_chain_length",
-           "field_roles"]
+           "field_roles", "with_late_defaults"]
 
 RESUME_MODES = ("auto", "require", "never")
 
@@ -337,6 +337,18 @@ def field_roles(role: str, value=True) -> tuple[str, ...]:
     if role not in ("fingerprint", "resumable", "grid", "late"):
         raise ValueError(f"role {role!r} must be fingerprint, resumable, grid or late")
     return tuple(f.name for f in dataclasses.fields(FinetuneConfig) if f.metadata[role] == value)
+
+
+def with_late_defaults(saved: dict) -> dict:
+    """A config dict (:meth:`FinetuneConfig.to_dict`) written before some ``late`` fields existed, completed: each
+    late field it lacks takes its ``before`` value, the behaviour of that time. A checkpoint or ``results.json`` from
+    then compares equal to today's config exactly when today's run trains the same way."""
+    out = dict(saved)
+    for f in dataclasses.fields(FinetuneConfig):
+        if f.metadata["late"] and f.name not in out:
+            before = f.metadata["before"]
+            out[f.name] = list(before) if isinstance(before, tuple) else before
+    return out
 
 
 # fields a resumed run (or a finished run read back) may change: they do not change the trained weights
