@@ -89,8 +89,9 @@ def test_finetune_on_a_prompt_completion_jsonl(tiny_model_dir, data, tmp_path, c
 def test_finetune_on_a_text_folder_plans_steps_from_the_packed_blocks(tiny_model_dir, data, tmp_path, capsys):
     out = tmp_path / "runs"
     code, printed = _run(["finetune", "--model", str(tiny_model_dir), "--train-file", str(data / "docs"), *TEXT,
-                          "--output-dir", str(out)], capsys)
+                          "--output-dir", str(out), "--progress", "true"], capsys)
     assert code == 0, printed
+    assert "epoch 1: dev loss" in printed and "knot 1 tied at step" in printed and "link=2/2" in printed
     r = json.loads((out / "text_cola_s0" / "results.json").read_text())
     splits = UserData("text", str(data / "docs")).sample(seed=0, n_train=7, n_dev=1, n_test=2)
     blocks = pack_documents(tiny_tokenizer(), splits.train, 16)
@@ -177,6 +178,23 @@ def test_a_cut_prompt_is_reported_once_and_the_run_finishes(tiny_model_dir, tmp_
     assert "max_length=32" in warnings[0] and "no completion was cut" in warnings[0]
     r = json.loads((tmp_path / "runs" / "completion_lora_s0" / "results.json").read_text())
     assert r["test"]["prompts_cut"] == 2 and r["test"]["prompt_tokens_cut"] > 0
+
+
+def test_the_guard_skips_a_non_finite_lm_step(tiny_model_dir, data, tmp_path, monkeypatch):
+    real = lm_objective.CompletionLM.loss
+    calls = [0]
+
+    def nan_at_two(self, model, batch):
+        calls[0] += 1
+        loss = real(self, model, batch)
+        return loss * float("nan") if calls[0] == 2 else loss
+
+    monkeypatch.setattr(lm_objective.CompletionLM, "loss", nan_at_two)
+    r = finetune(_resume_cfg(tiny_model_dir, data, tmp_path, nonfinite="skip", epochs=1, checkpoint_every=0,
+                                 knot_steps=(2,)))
+    assert r["skipped_steps"] == [2] and math.isnan(r["train_loss"][1]) and len(r["train_loss"]) == 4
+    weights = load_file(Path(r["export_dir"]) / "model.safetensors")
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values()) and math.isfinite(r["test"]["loss"])
 
 
 # ------------------------------------------------------------------ resume

@@ -93,7 +93,8 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         a JSON-ready dict: ``config``, ``counts``, ``data_fingerprint`` (of the examples
         drawn), ``dev_history`` (per epoch), ``dev`` and ``test`` accuracy in [0, 1]
         (``None`` for a split without examples; ``test`` also holds ``predictions``,
-        the predicted candidate index per test example, in order), ``train_loss`` (per
+        the predicted candidate index per test example, in order; a language-model task
+        reports loss, perplexity and exact match instead, ``docs/data.md``), ``train_loss`` (per
         step, nats; NaN or inf for a skipped step), ``skipped_steps`` (1-based steps whose
         update the non-finite guard dropped), ``knot_steps``, ``knots`` (each with its
         time in seconds), ``total_steps``, ``checkpoints`` (step, seconds, bytes of each
