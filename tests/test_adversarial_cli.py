@@ -429,7 +429,81 @@ SMALL_CASES = [
          message=r"is not a built-in model \(smollm2-135m, gemma3-270m\)", value=lambda w: "'smollm2-13m'"),
 ]
 
-CASES = EXPORT_CASES + LORA_CASES + QUANT_CASES + CHECKPOINT_CASES + REAL_DATA_CASES + PRECISION_CASES + SMALL_CASES
+
+# ------------------------------------------------------------------ issue 11, item 2: users' own data
+def _pairs(w: World, _mp, rows=None, name="pairs.jsonl") -> None:
+    rows = rows if rows is not None else [{"prompt": f"Question: is it {i}? Answer:", "completion": " Yes"}
+                                          for i in range(12)]
+    (w.root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _with(change: Callable[[list[dict]], None], name="pairs.jsonl"):
+    def setup(w: World, mp) -> None:
+        rows = [{"prompt": f"Question: is it {i}? Answer:", "completion": " Yes"} for i in range(12)]
+        change(rows)
+        _pairs(w, mp, rows, name)
+
+    return setup
+
+
+def _cls_csv(w: World, _mp) -> None:
+    lines = ["premise,label"] + [f"It is {i},{'Yes' if i % 2 else 'No'}" for i in range(11)] + ["It is 11,Maybe"]
+    (w.root / "cls.csv").write_text("\n".join(lines) + "\n")
+
+
+def _empty_docs(w: World, _mp) -> None:
+    (w.root / "docs").mkdir()
+    (w.root / "docs" / "a.txt").write_text("")
+    (w.root / "docs" / "b.txt").write_text("  \n")
+
+
+def _at(name: str, line: int):
+    return lambda w: f"{w.root / name}:{line}"
+
+
+USER = ["--task", "completion", "--train-file"]
+LONG_ANSWER = " The trophy does not fit into the suitcase because it is too big." * 3
+USER_DATA_CASES = [
+    Case("a completion record without its completion field", lambda w: [*USER, str(w.root / "pairs.jsonl")],
+         setup=_with(lambda rows: rows[4].pop("completion")), message=r"no field 'completion' \(--completion-field\)",
+         value=_at("pairs.jsonl", 5)),
+    Case("an empty completion", lambda w: [*USER, str(w.root / "pairs.jsonl")],
+         setup=_with(lambda rows: rows[2].update(completion=" ")), message="empty completion",
+         value=_at("pairs.jsonl", 3)),
+    Case("a label outside the candidates", lambda w: ["--task", "classification", "--train-file", str(w.root / "cls.csv"),
+                                                      "--template", "{premise}\\nAnswer:", "--candidates", "No,Yes"],
+         setup=_cls_csv, message=r"label 'Maybe' \(field 'label'\) is not one of the candidates \['No', 'Yes'\]",
+         value=_at("cls.csv", 13)),
+    Case("a file with no usable record", lambda w: [*USER, str(w.root / "pairs.jsonl")], setup=_with(lambda rows: rows.clear()),
+         message="holds no usable record", value=lambda w: str(w.root / "pairs.jsonl")),
+    Case("a folder of empty text files", lambda w: ["--task", "text", "--train-file", str(w.root / "docs")],
+         setup=_empty_docs, message=r"holds no usable record \(2 empty documents\)", value=lambda w: str(w.root / "docs")),
+    Case("a completion longer than max_length", lambda w: [*USER, str(w.root / "pairs.jsonl"), "--test-file",
+                                                           str(w.root / "pairs.jsonl"), "--n-test", "12", "--max-length", "24"],
+         setup=_with(lambda rows: rows[6].update(completion=LONG_ANSWER)), message="an answer is never cut: raise --max-length",
+         value=_at("pairs.jsonl", 7)),
+    Case("a template naming a field the records lack", lambda w: [*USER, str(w.root / "pairs.jsonl"), "--template",
+                                                                  "{prompt} {context}"],
+         setup=_pairs, message=r"no field 'context' \(--template\)", value=_at("pairs.jsonl", 1)),
+    Case("a positional template field", lambda w: [*USER, str(w.root / "pairs.jsonl"), "--template", "Q: {}"],
+         setup=_pairs, message="has the field {}", value=lambda w: "'Q: {}'"),
+    Case("a line that is not JSON", lambda w: [*USER, str(w.root / "pairs.jsonl")],
+         setup=lambda w, mp: (w.root / "pairs.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{prompt: a}\n'),
+         message="not valid JSON", value=_at("pairs.jsonl", 2)),
+    Case("a missing train file", lambda w: [*USER, str(w.root / "nowhere.jsonl")], message="does not exist",
+         value=lambda w: str(w.root / "nowhere.jsonl")),
+    Case("a train file with a built-in task", lambda w: ["--train-file", str(w.root / "pairs.jsonl")], setup=_pairs,
+         message="is an option of your own data", value=lambda w: str(w.root / "pairs.jsonl")),
+    Case("more held-out records than the file has", lambda w: [*USER, str(w.root / "pairs.jsonl"), "--n-test", "11"],
+         setup=_pairs, message="leave none to train on", value=lambda w: "n_test=11"),
+    Case("the chat template of a tokenizer without one", lambda w: [*USER, str(w.root / "pairs.jsonl"),
+                                                                    "--chat-template", "true"],
+         setup=_pairs, message="has no chat template", value=lambda w: "chat_template"),
+]
+
+
+CASES = (EXPORT_CASES + LORA_CASES + QUANT_CASES + CHECKPOINT_CASES + REAL_DATA_CASES + PRECISION_CASES + SMALL_CASES
+         + USER_DATA_CASES)
 
 
 # ------------------------------------------------------------------ machinery

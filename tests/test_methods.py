@@ -30,11 +30,13 @@ def test_grid_method_names_and_labels():
 def test_field_roles_give_the_lists_that_were_kept_by_hand():
     assert set(RESUMABLE_CHANGES) == {"data_dir", "device", "eval_batch_size", "output_dir", "progress",
                                       "checkpoint_every", "resume", "nonfinite", "export_dir",
-                                      "max_consecutive_skips"}
+                                      "max_consecutive_skips", "train_file", "dev_file", "test_file"}
     assert set(field_roles("grid", "per_run")) == {"task", "method", "seed", "lr", "chain_length", "knot_steps",
                                                    "link_ranks", "output_dir", "progress"}
     assert set(field_roles("grid", "none")) == {"export_dir", "export_links"}
-    assert set(field_roles("late")) == {"nonfinite", "max_consecutive_skips", "bucket_by_length", "fp32_master"}
+    assert set(field_roles("late")) == {"nonfinite", "max_consecutive_skips", "bucket_by_length", "fp32_master",
+                                        "text_field", "prompt_field", "completion_field", "label_field", "template",
+                                        "candidates", "label_prefix", "chat_template", "text_glob"}
     shared = FinetuneConfig().shared_settings()
     assert "nonfinite" not in shared and FinetuneConfig(nonfinite="skip").shared_settings()["nonfinite"] == "skip"
     assert not {"data_dir", "device", "eval_batch_size", "checkpoint_every", "resume", "lr", "task"} & set(shared)

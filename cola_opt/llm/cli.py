@@ -172,18 +172,12 @@ def config_from_args(args: argparse.Namespace):
     return cfg
 
 
-def _done_line(cfg, r: dict) -> str:
-    """The line ``finetune`` ends with: accuracy, the task's official metrics, the results file."""
-    extra = "".join(f", {name} {r['test'][key] * 100:.2f}%" for key, name in (("f1a", "F1a"), ("exact_match", "EM"))
-                    if key in r["test"])
-    return f"{cfg.method} on {cfg.task}: test accuracy {r['test']['accuracy'] * 100:.2f}%{extra} -> {r['results_path']}"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cola-opt``; returns the exit status (2 for bad input)."""
     args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from transformers/peft
     from .compare import compare
+    from .metrics import result_line
     from .models import ModelLoadError
     from .notify import warn
     from .precision import slow_precision
@@ -191,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = config_from_args(args)
+        if args.command == "grid":  # the grid sets the task per run; its options are checked with its first task's
+            cfg = cfg.replace(task=args.tasks[0])
         cfg.validate()
         slow = slow_precision(cfg.autocast, cfg.dtype, cfg.device)
         if slow:
@@ -206,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "compare":
             compare(cfg)
         else:
-            print(_done_line(cfg, finetune(cfg)))
+            print(result_line(cfg, finetune(cfg)))
     except (ValueError, FileNotFoundError, ModelLoadError, RuntimeError) as e:
         print(f"cola-opt: error: {e}", file=sys.stderr)
         return 2

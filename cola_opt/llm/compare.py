@@ -17,6 +17,7 @@ import numpy as np
 from ..atomic import atomic_save_json
 from .config import FinetuneConfig
 from .methods import get_method
+from .metrics import cell, headline, table_columns
 from .plan import preflight
 from .resume import finished_result
 from .trainer import finetune
@@ -38,7 +39,7 @@ def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
     killed ``compare`` restarted with the same command goes on where it stopped.
 
     Returns:
-        ``{"methods": {method: result}, "majority": accuracy, "table": str}``.
+        ``{"methods": {method: result}, "majority": accuracy (``None`` without labels), "table": str}``.
 
     Raises:
         as :func:`cola_opt.llm.trainer.finetune`, before any training, for every
@@ -74,28 +75,28 @@ def method_config(cfg: FinetuneConfig, method: str) -> FinetuneConfig:
                        export_links=export_links)
 
 
-def format_table(cfg: FinetuneConfig, results: dict, majority: float) -> str:
-    """A markdown table of dev/test accuracy (percent) and times per method.
+def format_table(cfg: FinetuneConfig, results: dict, majority: float | None) -> str:
+    """A markdown table per method: dev and test headline metric (accuracy or exact match in percent, or loss in nats;
+    a language model's test loss and perplexity too, :func:`cola_opt.llm.metrics.table_columns`) and times (seconds).
 
-    ``train time (s)`` is the wall time of training (dev evaluations included);
-    ``train CPU (s)`` the CPU seconds of it, over all threads (``train_cpu_seconds``; "-"
-    for a result written before it was recorded): the cost, where wall time also shows
-    the load of a shared machine.
+    ``majority`` (the majority class's test accuracy) adds its row; ``None`` (a task without labels) adds none.
+    ``train time (s)`` is the wall time of training (dev evaluations included); ``train CPU (s)`` the CPU seconds
+    of it, over all threads (``train_cpu_seconds``; "-" for a result written before it was recorded): the cost,
+    where wall time also shows the load of a shared machine.
     """
+    cols = table_columns(headline(next(iter(results.values()))["test"]))
     rows = [
         f"task {cfg.task}, model {cfg.model}, seed {cfg.seed}",
         "",
-        "| method | links | dev acc (%) | test acc (%) | train time (s) | train CPU (s) | mean knot time (ms) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | links | " + " | ".join(h for h, _, _ in cols) + " | train time (s) | train CPU (s) | mean knot time (ms) |",
+        "|---" * (len(cols) + 5) + "|",
     ]
     for m, r in results.items():
         links = str(len(r["knot_steps"]) + 1) if get_method(m).trains else "-"
-        dev_acc = r["dev"]["accuracy"] if r["dev"] else None
-        dev = "-" if dev_acc is None else f"{dev_acc * 100:.1f}"
         knot = f"{np.mean([k['seconds'] for k in r['knots']]) * 1e3:.1f}" if r["knots"] else "-"
         cpu = "-" if r.get("train_cpu_seconds") is None else f"{r['train_cpu_seconds']:.0f}"
-        rows.append(
-            f"| {m} | {links} | {dev} | {r['test']['accuracy'] * 100:.1f} | {r['train_seconds']:.0f} | {cpu} | {knot} |"
-        )
-    rows.append(f"| majority class | - | - | {majority * 100:.1f} | - | - | - |")
+        values = " | ".join(cell(r, split, key) for _, split, key in cols)
+        rows.append(f"| {m} | {links} | {values} | {r['train_seconds']:.0f} | {cpu} | {knot} |")
+    if majority is not None:
+        rows.append(f"| majority class | - | - | {majority * 100:.1f} | - | - | - |")
     return "\n".join(rows)

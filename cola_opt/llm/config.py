@@ -38,9 +38,10 @@ from .lora import LoraSettings
 from .methods import Method, get_method
 from .models import check_model_name
 from .precision import resolve_autocast
-from .tasks import get_task
+from .tasks import UserData, is_user_task, task_name
 
-__all__ = ["RESUMABLE_CHANGES", "RESUME_MODES", "FinetuneConfig", "check_chain_length", "field_roles"]
+__all__ = ["RESUMABLE_CHANGES", "RESUME_MODES", "USER_TASK_OPTIONS", "FinetuneConfig", "check_chain_length",
+           "field_roles", "with_late_defaults"]
 
 RESUME_MODES = ("auto", "require", "never")
 
@@ -74,7 +75,8 @@ class FinetuneConfig:
         ValueError: from :meth:`validate`, naming the bad value.
     """
 
-    task: str = _f("wsc", "task name (wsc, rte, ...)", grid="per_run")
+    task: str = _f("wsc", "task name (wsc, rte, ...), or for your own data text, completion or classification with "
+                   "--train-file (docs/data.md)", grid="per_run")
     model: str = _f(
         "smollm2-135m", "built-in model (smollm2-135m, gemma3-270m), local model directory, or hub id (e.g. facebook/opt-1.3b)"
     )
@@ -115,8 +117,8 @@ class FinetuneConfig:
     bias: str = _f("none", "PEFT bias: none, all or lora_only (the paper's OPT runs train biases)")
     optimizer_reset: str = _f("full", "optimizer state at a knot: full, keep, prune:<ratio>[:random]")
     max_length: int = _f(
-        256, "most tokens per prompt plus answer; longer prompts lose their start, counted and warned about (tokens; "
-        "with SmolLM2, 256 cuts 75-78%% of MultiRC prompts and a few of RTE and CB; 1024 cuts none of the release files "
+        256, "most tokens per prompt plus answer, longer prompts lose their start, counted and warned about; for "
+        "--task text, tokens per packed block (tokens; with SmolLM2, 256 cuts 75-78%% of MultiRC prompts and a few of RTE and CB; 1024 cuts none of the release files "
         "measured, and costs short tasks nothing, as batches pad to their longest item: docs/tasks.md)",
     )
     eval_batch_size: int = _f(16, "examples per evaluation batch (examples)", fingerprint=False)
@@ -158,6 +160,37 @@ class FinetuneConfig:
         None, "folder in which each link is saved as a PEFT adapter (link-00, link-01, ...) just before it is "
         "merged (none = off)", fingerprint=False, resumable=False, grid="none",
     )
+    # users' own data (docs/data.md): --task text, completion or classification. The paths are not fingerprinted
+    # (the examples drawn are, Splits.fingerprint); the rest is late, so grids from before them keep their fingerprint.
+    train_file: str | None = _f(
+        None, "your training data for --task text, completion or classification: a JSONL, CSV or parquet file, a folder "
+        "of text files, or hf:<dataset>[:<config>][@<split>]", fingerprint=False,
+    )
+    dev_file: str | None = _f(None, "your dev data, in the same forms; none: the last n_dev of the training draw",
+                              fingerprint=False)
+    test_file: str | None = _f(None, "your test data, in the same forms; none: n_test records of --train-file held out "
+                               "by seed", fingerprint=False)
+    text_field: str = _f("text", "the records' field holding a document (--task text; a folder's files are documents)",
+                         late=True)
+    prompt_field: str = _f("prompt", "the records' field holding the prompt (unless --template)", late=True)
+    completion_field: str = _f("completion", "the records' field holding the completion (--task completion)", late=True)
+    label_field: str = _f("label", "the records' field holding the label: a candidate or its 0-based index "
+                          "(--task classification)", late=True)
+    template: str | None = _f(
+        None, "the prompt as a format string over the records' fields, \\n for a newline, e.g. "
+        "'{premise}\\nQuestion: {hypothesis}?\\nAnswer:' (none: --prompt-field)", late=True,
+    )
+    candidates: tuple[str, ...] | None = _f(
+        None, "label words of --task classification in label order, comma separated (e.g. No,Yes)", late=True,
+    )
+    label_prefix: str = _f(" ", "text put between the prompt and each label word, a space by default "
+                           "(--task classification)", late=True)
+    chat_template: bool = _f(
+        False, "render each pair as a user turn and the assistant's answer in the tokenizer's chat template "
+        "(--task completion)", late=True,
+    )
+    text_glob: str = _f("**/*.txt", "which files of a data folder are documents (a glob relative to the folder)",
+                        late=True)
 
     def validate(self) -> None:
         """Check every field that can be checked without data or a model; record what will run.
@@ -171,7 +204,7 @@ class FinetuneConfig:
         Raises:
             ValueError: naming the first bad value.
         """
-        get_task(self.task)
+        self._validate_task()
         method = get_method(self.method)
         check_model_name(self.model)
         for name in ("n_train", "n_test", "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length"):
@@ -219,6 +252,27 @@ class FinetuneConfig:
         if self.checkpoint_every > 0:
             raise ValueError(f"fp32_master with checkpoint_every={self.checkpoint_every}: the master copy is not in "
                              "the checkpoint, so a resume would merge into a stale one; pass --checkpoint-every 0")
+
+    def _validate_task(self) -> None:
+        """The task; the options of a user's data (only with a user task, :data:`USER_TASK_OPTIONS`)."""
+        if is_user_task(self.task):
+            if self.candidates is not None and not isinstance(self.candidates, str):
+                self.candidates = tuple(self.candidates)
+            self.user_data().validate()
+            if self.chat_template and self.task != "completion":
+                raise ValueError(f"chat_template needs --task completion, not {self.task!r}")
+            return
+        task_name(self.task)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in USER_TASK_OPTIONS:
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(f"{name} {getattr(self, name)!r} is an option of your own data: it needs --task text, "
+                                 f"completion or classification, and task {self.task!r} is built in")
+
+    def user_data(self) -> UserData:
+        """The user-data part of the config (:class:`~cola_opt.llm.tasks.user.UserData`), for a user task."""
+        return UserData(task=self.task, **{name: getattr(self, name) for name in USER_TASK_OPTIONS
+                                           if name != "chat_template"})
 
     def _validate_chain(self, method: Method) -> None:
         """Chain length, knots, LoRA settings and link ranks."""
@@ -323,8 +377,24 @@ def field_roles(role: str, value=True) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(FinetuneConfig) if f.metadata[role] == value)
 
 
+def with_late_defaults(saved: dict) -> dict:
+    """A config dict (:meth:`FinetuneConfig.to_dict`) written before some ``late`` fields existed, completed: each
+    late field it lacks takes its ``before`` value, the behaviour of that time. A checkpoint or ``results.json`` from
+    then compares equal to today's config exactly when today's run trains the same way."""
+    out = dict(saved)
+    for f in dataclasses.fields(FinetuneConfig):
+        if f.metadata["late"] and f.name not in out:
+            before = f.metadata["before"]
+            out[f.name] = list(before) if isinstance(before, tuple) else before
+    return out
+
+
 # fields a resumed run (or a finished run read back) may change: they do not change the trained weights
 RESUMABLE_CHANGES = field_roles("resumable")
+
+# the options of a user's data (docs/data.md), refused with a built-in task
+USER_TASK_OPTIONS = ("train_file", "dev_file", "test_file", "text_field", "prompt_field", "completion_field",
+                     "label_field", "template", "candidates", "label_prefix", "chat_template", "text_glob")
 
 
 def _check_output_dir(path: str) -> None:

@@ -35,9 +35,10 @@ from .grid_plan import (
     search_runs,
 )
 from .locks import exclusive_lock
+from .metrics import headline, lm_record_fields, record_metric, record_value
 from .plan import draw, preflight
 from .report import write_report
-from .tasks import Splits, get_task
+from .tasks import Splits, dev_cap
 from .trainer import finetune
 
 __all__ = ["ALL_TASKS", "DEFAULT_METHODS", "PAPER_LRS", "GridConfig", "Run", "choose_lrs", "method_changes",
@@ -88,13 +89,18 @@ def _record(grid: GridConfig, run: Run, cfg: FinetuneConfig, splits: Splits, res
            **dataclasses.asdict(run), "majority": splits.majority_accuracy(), "counts": splits.counts, "error": err}
     if res is None:
         return {**rec, "dev_accuracy": None, "test_accuracy": None, "test_correct": None}
-    labels = [e.label for e in splits.test]
     loss = res["train_loss"]
     tenth = max(1, len(loss) // 10)
+    if headline(res["test"]).name == "accuracy":
+        labels = [e.label for e in splits.test]
+        rec.update(
+            dev_accuracy=res["dev"]["accuracy"] if res["dev"] and res["dev"]["n"] else None,
+            test_accuracy=res["test"]["accuracy"],
+            test_correct="".join(str(int(p == y)) for p, y in zip(res["test"]["predictions"], labels)),
+        )
+    else:  # a language-model task: its headline metric, losses, and per-item values for the paired tests
+        rec.update(lm_record_fields(res))
     rec.update(
-        dev_accuracy=res["dev"]["accuracy"] if res["dev"] and res["dev"]["n"] else None,
-        test_accuracy=res["test"]["accuracy"],
-        test_correct="".join(str(int(p == y)) for p, y in zip(res["test"]["predictions"], labels)),
         total_steps=res["total_steps"],
         knot_steps=res["knot_steps"],
         link_ranks=list(cfg.link_ranks) if cfg.link_ranks else None,
@@ -114,7 +120,7 @@ class _Draws:
 
     def __call__(self, task: str, seed: int) -> Splits:
         if (task, seed) not in self.splits:
-            n_dev = min(self.base.n_dev, get_task(task).max_dev)
+            n_dev = min(self.base.n_dev, dev_cap(task))
             self.splits[(task, seed)] = draw(self.base.replace(task=task, seed=seed, n_dev=n_dev))
         return self.splits[(task, seed)]
 
@@ -204,6 +210,7 @@ class _GridProgress:
             _append(self.path, rec)
             self.done[run.run_id] = rec
             self.bar.update(1)
-            acc = rec["test_accuracy"]
-            self.bar.write(f"{run.run_id}: test {'-' if acc is None else f'{acc * 100:.1f}%'}"
+            metric = record_metric(rec)
+            value = metric.text(record_value(rec, "test"))
+            self.bar.write(f"{run.run_id}: test {metric.name} {value}{'%' if metric.percent and value != '-' else ''}"
                            f"{'' if err is None else ' (' + err.split(';')[0] + ')'}")

@@ -21,7 +21,9 @@ Grid methods (:func:`cola_opt.llm.methods.grid_method`; each a
 Learning rate (optional selection on dev): with several ``lrs``, each trained method
 (``lr_select="method"``) or LoRA alone, whose choice all methods then share
 (``lr_select="task"``), is first run at the first seed for every LR; the LR with the
-best final dev accuracy is used for all seeds (ties: the earlier LR in ``lrs``).
+best final dev result is used for all seeds: the highest accuracy or exact match, the
+lowest loss of a text task (:func:`cola_opt.llm.metrics.selection_key`; the dev loss
+breaks a tie of exact match; remaining ties: the earlier LR in ``lrs``).
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import FinetuneConfig
+from .lm_objective import task_metric
+from .lm_plan import train_items
 from .methods import grid_method
+from .metrics import selection_key
 from .plan import plan_steps
-from .tasks import Splits, get_task
+from .tasks import Splits, dev_cap, task_name
 
 __all__ = ["ALL_TASKS", "DEFAULT_METHODS", "LR_JUDGE", "PAPER_LRS", "GridConfig", "Run", "choose_lrs",
            "main_runs", "method_changes", "run_config", "search_runs"]
@@ -85,7 +90,11 @@ class GridConfig:
         """
         if not self.tasks:
             raise ValueError("tasks is empty")
-        self.tasks = tuple(get_task(t).name for t in self.tasks)
+        self.tasks = tuple(task_name(t) for t in self.tasks)
+        metrics = {t: task_metric(t) for t in self.tasks}
+        if len(set(metrics.values())) > 1:
+            raise ValueError(f"tasks {list(self.tasks)} report different metrics ({metrics}): a grid's table and paired "
+                             "tests need one; run them as separate grids")
         if not self.methods:
             raise ValueError("methods is empty")
         for m in self.methods:
@@ -108,7 +117,7 @@ class GridConfig:
             raise ValueError(f"stepdown_at {self.stepdown_at!r} must be in (0, 1)")
         if self.base.export_dir or self.base.export_links:
             raise ValueError("export_dir and export_links are per run; a grid does not export (use cola-opt finetune)")
-        self.base.replace(method="lora").validate()
+        self.base.replace(method="lora", task=self.tasks[0]).validate()
 
     @property
     def trained_methods(self) -> list[str]:
@@ -155,7 +164,7 @@ class Run:
 
 
 def choose_lrs(grid: GridConfig, records: list[dict]) -> dict[tuple[str, str], float] | None:
-    """The LR of every (task, trained method), from the first seed's dev accuracy.
+    """The LR of every (task, trained method), from the first seed's dev result (its metric's direction).
 
     Returns:
         ``{(task, method): lr}``, or ``None`` while a search run is missing.
@@ -173,9 +182,8 @@ def choose_lrs(grid: GridConfig, records: list[dict]) -> dict[tuple[str, str], f
                 rec = done.get(Run(t, judge, 0, lr).run_id)
                 if rec is None:
                     return None
-                acc = rec.get("dev_accuracy")
-                devs.append(-1.0 if acc is None else acc)
-            chosen[(t, m)] = grid.lrs[max(range(len(devs)), key=lambda i: (devs[i], -i))]
+                devs.append(selection_key(rec))
+            chosen[(t, m)] = grid.lrs[max(range(len(devs)), key=lambda i: (*devs[i], -i))]
     return chosen
 
 
@@ -212,13 +220,13 @@ def run_config(grid: GridConfig, run: Run, splits: Splits) -> FinetuneConfig:
         task=run.task,
         seed=run.seed,
         lr=run.lr if run.lr is not None else grid.base.lr,
-        n_dev=min(grid.base.n_dev, get_task(run.task).max_dev),
+        n_dev=min(grid.base.n_dev, dev_cap(run.task)),
         output_dir=str(Path(grid.out) / "runs" / run.run_id.replace("/", "_")),
         progress=False,
         **gm.changes(grid.base.rank),
     )
     if gm.stepdown:
-        _, total, _ = plan_steps(cfg.replace(method="lora", link_ranks=None), len(splits.train))
+        _, total, _ = plan_steps(cfg.replace(method="lora", link_ranks=None), train_items(cfg, splits))
         if total < 2:
             raise ValueError(f"{run.method} on {run.task} needs at least 2 optimizer steps, the run has {total}")
         cfg = cfg.replace(knot_steps=(min(total - 1, max(1, round(grid.stepdown_at * total))),))

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 from ..chain.schedules import uniform_knots, validate_knots
 from .config import FinetuneConfig
+from .lm_plan import train_items
 from .lora import check_targets
 from .models import check_float_model
 from .notify import warn
-from .tasks import Splits, get_task, sample_splits
+from .tasks import Splits, get_task, is_user_task, sample_splits
 
 __all__ = ["Plan", "draw", "plan_steps", "preflight"]
 
@@ -70,14 +71,18 @@ def plan_steps(cfg: FinetuneConfig, n_train: int) -> tuple[int, int, tuple[int, 
 
 
 def draw(cfg: FinetuneConfig) -> Splits:
-    """The examples of ``cfg``'s task and seed (MeZO sampling, :func:`cola_opt.llm.tasks.sample_splits`).
+    """The examples of ``cfg``'s task and seed (MeZO sampling, :func:`cola_opt.llm.tasks.sample_splits`; a user's
+    data: :meth:`cola_opt.llm.tasks.UserData.sample`).
 
     A method that trains nothing needs no train split. A count that could not be met
     (``n_train`` above what the train split holds) is warned about here, once per draw,
     and recorded in ``Splits.capped``.
     """
-    splits = sample_splits(get_task(cfg.task), seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test,
-                           data_dir=cfg.data_dir, need_train=cfg.method_type.trains)
+    if is_user_task(cfg.task):
+        splits = cfg.user_data().sample(seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev, n_test=cfg.n_test)
+    else:
+        splits = sample_splits(get_task(cfg.task), seed=cfg.seed, n_train=cfg.n_train, n_dev=cfg.n_dev,
+                               n_test=cfg.n_test, data_dir=cfg.data_dir, need_train=cfg.method_type.trains)
     for line in splits.warnings():
         warn(line)
     return splits
@@ -96,14 +101,15 @@ def preflight(cfg: FinetuneConfig, splits: Splits | None = None) -> Plan:
 
     Raises:
         ValueError: a bad value, knots that do not fit, LoRA targets that match nothing
-            or a rank too large for a layer, naming the value.
+            or a rank too large for a layer, naming the value; a language-model example
+            that does not fit ``max_length`` (:func:`cola_opt.llm.lm_plan.train_items`).
         FileNotFoundError, RuntimeError: the data cannot be found or read.
         cola_opt.llm.models.ModelLoadError: the model's config cannot be read.
     """
     cfg.validate()
     if splits is None:
         splits = draw(cfg)
-    per_epoch, total, knots = plan_steps(cfg, len(splits.train))
+    per_epoch, total, knots = plan_steps(cfg, train_items(cfg, splits))  # a text task trains on its packed blocks
     method = cfg.method_type
     if method.lora:
         check_targets(cfg.model, cfg.lora_settings(), cfg.link_ranks or ())

@@ -1,8 +1,11 @@
 """Tables, paired tests and the bar plot of a grid (:mod:`cola_opt.llm.grid`).
 
 Everything here is computed from the grid's records alone, so a resumed grid gives the
-same table as an uninterrupted one. Accuracies are test accuracies in percent; a cell
-is ``mean ± std`` over seeds (sample standard deviation, ``ddof = 1``).
+same table as an uninterrupted one. A cell is the test metric, ``mean ± std`` over seeds
+(sample standard deviation, ``ddof = 1``): accuracy in percent for classification tasks,
+exact match in percent for ``completion``, loss in nats per token for ``text`` (lower is
+better; :mod:`cola_opt.llm.metrics`). A grid's tasks share one metric
+(:meth:`~cola_opt.llm.grid_plan.GridConfig.validate`).
 
 Paired comparison of a COLA method against LoRA (the paper reports neither test):
 
@@ -26,7 +29,9 @@ import numpy as np
 
 from ..atomic import atomic_save_json, atomic_write
 from .grid_plan import GridConfig, main_runs
+from .lm_objective import task_metric
 from .methods import grid_method
+from .metrics import Metric, get_metric, record_items, record_value
 
 __all__ = ["TASK_NAMES", "cell_values", "method_label", "paired_tests", "plot_bars", "results_table", "write_report"]
 
@@ -48,27 +53,35 @@ def _main(grid: GridConfig, records: list[dict], chosen: dict) -> dict[tuple[str
     out = {}
     for run in main_runs(grid, chosen):
         rec = by_id.get(run.run_id)
-        if rec is not None and rec.get("test_accuracy") is not None:
+        if rec is not None and record_value(rec, "test") is not None:
             out[(run.task, run.method, run.seed)] = rec
     return out
 
 
+def grid_metric(grid: GridConfig) -> Metric:
+    """The test metric of the grid's tasks (:func:`cola_opt.llm.lm_objective.task_metric`)."""
+    return get_metric(task_metric(grid.tasks[0]))
+
+
 def cell_values(grid: GridConfig, records: list[dict], chosen: dict) -> dict:
-    """Per-seed test accuracies (percent): ``{(task, method): {seed: acc}}``, plus majority-class rows."""
+    """Per-seed test values in display units (:func:`grid_metric`; accuracy in percent):
+    ``{(task, method): {seed: value}}``, plus majority-class rows for tasks with labels."""
     main = _main(grid, records, chosen)
+    metric = grid_metric(grid)
     cells: dict = {}
     for (task, method, seed), rec in main.items():
-        cells.setdefault((task, method), {})[seed] = 100 * rec["test_accuracy"]
-        cells.setdefault((task, "majority class"), {})[seed] = 100 * rec["majority"]
+        cells.setdefault((task, method), {})[seed] = metric.shown(record_value(rec, "test"))
+        if rec.get("majority") is not None:
+            cells.setdefault((task, "majority class"), {})[seed] = 100 * rec["majority"]
     return cells
 
 
-def _fmt(values: list[float], seeds: int | None = None) -> str:
-    """``mean ± std``; ``(n=k)`` is added when only ``k`` of ``seeds`` seeds are there."""
+def _fmt(values: list[float], seeds: int | None = None, digits: int = 1) -> str:
+    """``mean ± std`` with ``digits`` decimals; ``(n=k)`` is added when only ``k`` of ``seeds`` seeds are there."""
     if not values:
         return "—"
     mean = float(np.mean(values))
-    text = f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {float(np.std(values, ddof=1)):.1f}"
+    text = f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {float(np.std(values, ddof=1)):.{digits}f}"
     return text + (f" (n={len(values)})" if seeds is not None and len(values) < seeds else "")
 
 
@@ -85,17 +98,20 @@ def results_table(grid: GridConfig, records: list[dict], chosen: dict) -> str:
     A cell missing seeds (a run still to come, or one whose loss became NaN) shows ``(n=k)``.
     """
     cells = cell_values(grid, records, chosen)
+    digits = grid_metric(grid).digits
     head = [TASK_NAMES.get(t, t) for t in grid.tasks]
     rows = ["| method | " + " | ".join(head) + " | avg |", "|---" * (len(head) + 2) + "|"]
-    for m in ("majority class", *grid.methods):
-        vals = [_fmt(list(cells.get((t, m), {}).values()), grid.seeds) for t in grid.tasks]
-        avg = _fmt(list(_average(cells, grid.tasks, m).values()), grid.seeds)
+    majority = ("majority class",) if any(m == "majority class" for _, m in cells) else ()
+    for m in (*majority, *grid.methods):
+        vals = [_fmt(list(cells.get((t, m), {}).values()), grid.seeds, digits) for t in grid.tasks]
+        avg = _fmt(list(_average(cells, grid.tasks, m).values()), grid.seeds, digits)
         rows.append(f"| {method_label(m, grid.base.rank)} | " + " | ".join(vals) + f" | {avg} |")
     return "\n".join(rows)
 
 
-def _bootstrap(pairs: list[list[tuple[np.ndarray, np.ndarray]]], rng: np.random.Generator) -> np.ndarray:
-    """Replicates of mean over tasks of (mean over seeds of acc(a) - acc(b)), in points."""
+def _bootstrap(pairs: list[list[tuple[np.ndarray, np.ndarray]]], rng: np.random.Generator,
+               scale: float = 100.0) -> np.ndarray:
+    """Replicates of mean over tasks of (mean over seeds of value(a) - value(b)), times ``scale`` (100: points)."""
     reps = np.zeros(BOOTSTRAP_SAMPLES)
     chunk = 500
     for task_pairs in pairs:
@@ -106,21 +122,23 @@ def _bootstrap(pairs: list[list[tuple[np.ndarray, np.ndarray]]], rng: np.random.
                 idx = rng.integers(0, len(d), size=(min(chunk, BOOTSTRAP_SAMPLES - lo), len(d)))
                 per_task[lo : lo + len(idx)] += d[idx].mean(axis=1)
         reps += per_task / len(task_pairs)
-    return 100 * reps / len(pairs)
+    return scale * reps / len(pairs)
 
 
 def paired_tests(grid: GridConfig, records: list[dict], chosen: dict, baseline: str = "lora") -> list[dict]:
     """COLA-type methods (``cola<N>``, ``stepdown-r<K>``) against ``baseline``, per task and on average.
 
     Returns:
-        one dict per (method, task or ``"avg"``): ``diff`` (mean over seeds, points),
-        ``wins`` / ``n`` (seeds where the method beats the baseline), ``t_p`` (paired
+        one dict per (method, task or ``"avg"``): ``diff`` (mean over seeds, in the
+        metric's display units: points, or nats for a loss), ``metric``, ``wins`` / ``n``
+        (seeds where the method beats the baseline: higher, or lower for a loss), ``t_p`` (paired
         t-test p-value, NaN when undefined), ``boot_lo`` / ``boot_hi`` (95% bootstrap
         interval of ``diff``) and ``boot_p``.
     """
     from scipy import stats
 
     main = _main(grid, records, chosen)
+    metric = grid_metric(grid)
     rng = np.random.default_rng(0)
     out = []
     for m in grid.methods:
@@ -131,19 +149,21 @@ def paired_tests(grid: GridConfig, records: list[dict], chosen: dict, baseline: 
             seeds = [s for s in range(grid.seeds) if all((t, x, s) in main for t in tasks for x in (m, baseline))]
             if not seeds:
                 continue
-            acc = {x: np.array([np.mean([main[(t, x, s)]["test_accuracy"] for t in tasks]) for s in seeds]) * 100
-                   for x in (m, baseline)}
+            acc = {x: np.array([metric.shown(np.mean([record_value(main[(t, x, s)], "test") for t in tasks]))
+                                for s in seeds]) for x in (m, baseline)}
             diffs = acc[m] - acc[baseline]
             if len(seeds) > 1 and np.ptp(diffs) > 0:
                 t_p = float(stats.ttest_rel(acc[m], acc[baseline]).pvalue)
             else:
                 t_p = float("nan")
-            vec = lambda t, x, s: np.frombuffer(main[(t, x, s)]["test_correct"].encode(), dtype=np.uint8) - 48
-            pairs = [[(vec(t, m, s), vec(t, baseline, s)) for s in seeds] for t in tasks]
-            reps = _bootstrap(pairs, rng)
+            pairs = [[(record_items(main[(t, m, s)]), record_items(main[(t, baseline, s)])) for s in seeds]
+                     for t in tasks]
+            reps = _bootstrap(pairs, rng, 100.0 if metric.percent else 1.0)
             d = float(diffs.mean())
+            wins = diffs > 0 if metric.higher_is_better else diffs < 0
             out.append({
-                "method": m, "task": name, "diff": d, "wins": int((diffs > 0).sum()), "ties": int((diffs == 0).sum()),
+                "method": m, "task": name, "diff": d, "metric": metric.name, "wins": int(wins.sum()),
+                "ties": int((diffs == 0).sum()),
                 "n": len(seeds), "t_p": t_p, "boot_lo": float(np.percentile(reps, 2.5)),
                 "boot_hi": float(np.percentile(reps, 97.5)),
                 "boot_p": float(np.mean(np.abs(reps - d) >= abs(d))) if d != 0 else 1.0,
@@ -153,20 +173,22 @@ def paired_tests(grid: GridConfig, records: list[dict], chosen: dict, baseline: 
 
 def tests_table(tests: list[dict], rank: int = 8) -> str:
     """Markdown rendering of :func:`paired_tests`."""
-    rows = ["| method vs LoRA | task | diff (points) | wins / ties / seeds | paired t-test p | bootstrap 95% CI | "
+    metric = get_metric(tests[0].get("metric", "accuracy")) if tests else get_metric("accuracy")
+    unit, d = metric.unit, max(2, metric.digits)
+    rows = [f"| method vs LoRA | task | diff ({unit}) | wins / ties / seeds | paired t-test p | bootstrap 95% CI | "
             "bootstrap p |", "|---|---|---|---|---|---|---|"]
     for r in tests:
         t_p = "—" if math.isnan(r["t_p"]) else f"{r['t_p']:.3f}"
         rows.append(
-            f"| {method_label(r['method'], rank)} | {TASK_NAMES.get(r['task'], r['task'])} | {r['diff']:+.2f} | "
-            f"{r['wins']} / {r['ties']} / {r['n']} | {t_p} | [{r['boot_lo']:+.2f}, {r['boot_hi']:+.2f}] | "
+            f"| {method_label(r['method'], rank)} | {TASK_NAMES.get(r['task'], r['task'])} | {r['diff']:+.{d}f} | "
+            f"{r['wins']} / {r['ties']} / {r['n']} | {t_p} | [{r['boot_lo']:+.{d}f}, {r['boot_hi']:+.{d}f}] | "
             f"{r['boot_p']:.3f} |"
         )
     return "\n".join(rows)
 
 
 def plot_bars(grid: GridConfig, records: list[dict], chosen: dict, path: str | Path) -> None:
-    """Bars of mean test accuracy per task (and average) and method, error bars one std; majority as a dash."""
+    """Bars of the mean test metric per task (and average) and method, error bars one std; majority as a dash."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,13 +212,22 @@ def plot_bars(grid: GridConfig, records: list[dict], chosen: dict, path: str | P
         if v:
             ax.hlines(np.mean(v), j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=1)
     ax.set_xticks(np.arange(len(groups)), groups)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"{grid.base.model}: mean ± std over {grid.seeds} seeds (dashed: majority class)")
+    metric = grid_metric(grid)
+    ax.set_ylabel(f"test {_title(metric)}")
+    if metric.percent:
+        ax.set_ylim(0, 100)
+    dashed = " (dashed: majority class)" if any(major) else ""
+    ax.set_title(f"{grid.base.model}: mean ± std over {grid.seeds} seeds{dashed}")
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
+
+
+def _title(metric: Metric) -> str:
+    """``"accuracy (%)"``, ``"exact match (%)"``, ``"loss (nats per token, lower is better)"``."""
+    name = metric.name.replace("_", " ")
+    return f"{name} (%)" if metric.percent else f"{name} ({metric.unit} per token, lower is better)"
 
 
 def lr_table(grid: GridConfig, chosen: dict) -> str:
@@ -218,7 +249,7 @@ def write_report(grid: GridConfig, records: list[dict], chosen: dict, seconds: f
     out = Path(grid.out)
     tests = paired_tests(grid, records, chosen)
     text = "\n\n".join([
-        f"Test accuracy (%), mean ± std over seeds 0..{grid.seeds - 1}; model {grid.base.model}.",
+        f"Test {_title(grid_metric(grid))}, mean ± std over seeds 0..{grid.seeds - 1}; model {grid.base.model}.",
         results_table(grid, records, chosen),
         "Paired comparison with LoRA (same seed = same data draw):",
         tests_table(tests, grid.base.rank) if tests else "(no COLA-vs-LoRA pairs)",

@@ -38,7 +38,7 @@ from .checkpoint import (
     restore_checkpoint,
     write_checkpoint,
 )
-from .config import RESUMABLE_CHANGES, FinetuneConfig
+from .config import RESUMABLE_CHANGES, FinetuneConfig, with_late_defaults
 from .guard import NonFiniteError, NonFiniteGuard
 from .runlog import RunLog
 
@@ -73,7 +73,7 @@ def resume_point(cfg: FinetuneConfig, run_dir: Path) -> Path | None:
         if cfg.resume == "require":
             raise FileNotFoundError(f"resume 'require': there is no checkpoint in {run_dir / CHECKPOINT_DIR}")
         return None
-    diff = config_differences(read_state(found)["state"]["config"], cfg.to_dict(), RESUMABLE_CHANGES)
+    diff = config_differences(with_late_defaults(read_state(found)["state"]["config"]), cfg.to_dict(), RESUMABLE_CHANGES)
     if diff:
         raise ValueError(
             f"cannot resume from {found}: it was written with another configuration ({'; '.join(diff)}); "
@@ -245,7 +245,7 @@ def finished_result(cfg: FinetuneConfig, data_fingerprint: str, say: Callable[[s
 
 def _not_reusable(cfg: FinetuneConfig, saved: dict, data_fingerprint: str) -> str | None:
     """Why ``saved`` cannot stand for a run of ``cfg`` on data with ``data_fingerprint``; ``None`` if it can."""
-    diff = config_differences(saved["config"], cfg.to_dict(), RESUMABLE_CHANGES)
+    diff = config_differences(with_late_defaults(saved["config"]), cfg.to_dict(), RESUMABLE_CHANGES)
     if diff:
         return f"other settings: {'; '.join(diff)}"
     if saved.get("data_fingerprint") != data_fingerprint:

@@ -27,7 +27,7 @@ from .guard import NonFiniteError
 from .tasks import Example
 
 __all__ = ["Encoded", "Truncation", "autocast_context", "candidate_scores", "classification_loss", "encode_examples",
-           "evaluate", "sequence_scores", "truncation_warning"]
+           "evaluate", "left_pad", "sequence_scores", "truncation_warning"]
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,12 @@ def encode_examples(tokenizer, examples: Sequence[Example], max_length: int,
     return out
 
 
-def _left_pad(seqs: list[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_pad(seqs: list[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, position_ids)``, each ``(len(seqs), longest)`` int64 on ``device``, left-padded.
+
+    Position ids count the real tokens from 0 (padding gets 0), so every sequence ends at
+    the last position with the positions it would have alone.
+    """
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -171,7 +176,7 @@ def candidate_scores(model, batch: Sequence[Encoded], pad_id: int) -> torch.Tens
         raise ValueError(f"examples in a batch must have the same number of candidates, got {sorted(n_cand)}")
     device = next(model.parameters()).device
     if _single_token(batch):
-        ids, mask, pos = _left_pad([e.prompt_ids for e in batch], pad_id, device)
+        ids, mask, pos = left_pad([e.prompt_ids for e in batch], pad_id, device)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
         logp = F.log_softmax(logits.float(), dim=-1)
         cand = torch.tensor([[c[0] for c in e.candidate_ids] for e in batch], device=device)
@@ -190,7 +195,7 @@ def sequence_scores(model, batch: Sequence[Encoded], pad_id: int) -> torch.Tenso
     seqs = [e.prompt_ids + c for e in batch for c in e.candidate_ids]
     lens = [len(c) for e in batch for c in e.candidate_ids]
     keep = max(lens) + 1
-    ids, mask, pos = _left_pad(seqs, pad_id, device)
+    ids, mask, pos = left_pad(seqs, pad_id, device)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # kept position j predicts token j+1
     targets = ids[:, -(keep - 1) :]

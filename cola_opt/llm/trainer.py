@@ -32,6 +32,7 @@ from .batching import BatchOrder, bucketed_batches, shuffled_batches
 from .checkpoint import CHECKPOINT_DIR, remove_checkpoints
 from .config import FinetuneConfig
 from .export import export_full, export_merged
+from .lm_objective import language_objective
 from .locks import run_lock
 from .loop import TrainingLoop
 from .lora import inject_lora, lora_sites
@@ -43,7 +44,7 @@ from .precision import precision_facts
 from .resume import resume_point
 from .runlog import RunLog
 from .scoring import truncation_warning
-from .tasks import Splits, find_task, task_metrics
+from .tasks import Example, Splits, find_task, task_metrics
 
 __all__ = ["FullFinetuning", "build_chain", "finetune", "make_batch_order", "make_objective", "resolve_device"]
 
@@ -64,8 +65,9 @@ def resolve_device(device: str) -> str:
 
 
 def make_objective(cfg: FinetuneConfig, tokenizer) -> Objective:
-    """The objective of ``cfg``'s run: classification over the task's candidate answers."""
-    return CandidateClassification(tokenizer, cfg.max_length, cfg.autocast)
+    """The objective of ``cfg``'s run: next-token loss for ``--task text`` and ``completion``
+    (:func:`cola_opt.llm.lm_objective.language_objective`), else classification over the task's candidate answers."""
+    return language_objective(cfg, tokenizer) or CandidateClassification(tokenizer, cfg.max_length, cfg.autocast)
 
 
 def make_batch_order(cfg: FinetuneConfig, objective: Objective, train: list) -> BatchOrder:
@@ -94,7 +96,8 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         a JSON-ready dict: ``config``, ``counts``, ``data_fingerprint`` (of the examples
         drawn), ``dev_history`` (per epoch), ``dev`` and ``test`` accuracy in [0, 1]
         (``None`` for a split without examples; ``test`` also holds ``predictions``,
-        the predicted candidate index per test example, in order), ``train_loss`` (per
+        the predicted candidate index per test example, in order; a language-model task
+        reports loss, perplexity and exact match instead, ``docs/data.md``), ``train_loss`` (per
         step, nats; NaN or inf for a skipped step), ``skipped_steps`` (1-based steps whose
         update the non-finite guard dropped), ``knot_steps``, ``knots`` (each with its
         time in seconds), ``total_steps``, ``checkpoints`` (step, seconds, bytes of each
@@ -209,8 +212,8 @@ def _encode_splits(objective: Objective, splits: Splits) -> tuple[dict, dict | N
 
 def _test_result(cfg: FinetuneConfig, test: dict, examples: list) -> dict:
     """The test evaluation with each prediction's record ``idx`` and the task's official metrics (MultiRC: F1a, EM)."""
-    if "predictions" not in test:
-        return test
+    if "predictions" not in test or not all(isinstance(e, Example) for e in examples):
+        return test  # a language model's items are blocks or pairs, not release records
     return {**test, **task_metrics(find_task(cfg.task), examples, test["predictions"]), "idx": [e.idx for e in examples]}
 
 

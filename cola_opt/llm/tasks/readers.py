@@ -16,11 +16,21 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["multirc_text", "read_glue_tsv", "read_jsonl", "read_multirc"]
+__all__ = ["multirc_text", "read_glue_tsv", "read_jsonl", "read_jsonl_lines", "read_multirc"]
 
 
 def read_jsonl(path: Path) -> list[dict]:
     """Records of a jsonl file; a ValueError naming the file and line on a bad line."""
+    return [rec for _, rec in read_jsonl_lines(path)]
+
+
+def read_jsonl_lines(path: Path) -> list[tuple[int, dict]]:
+    """``(line number, record)`` of each non-blank line of a jsonl file (1-based line numbers).
+
+    Raises:
+        ValueError: naming the file and line of a line that is not a JSON object, or the
+            file and byte offset of text that is not UTF-8.
+    """
     records = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -33,7 +43,7 @@ def read_jsonl(path: Path) -> list[dict]:
                     raise ValueError(f"{path}:{number}: not valid JSON ({e.msg}, column {e.colno})") from None
                 if not isinstance(rec, dict):
                     raise ValueError(f"{path}:{number}: expected a JSON object, got {type(rec).__name__}")
-                records.append(rec)
+                records.append((number, rec))
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     return records

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +110,9 @@ class Splits:
             ``{"train": {"asked": 1000, "drawn": 54, "reason": "..."}}``; empty when every
             count was met (a test split smaller than ``n_test`` is used whole, by the MeZO
             protocol, and is not listed).
+        where: per split, where each example came from (``"train.jsonl:12"``), for the
+            errors found after the draw; filled for a user's data
+            (:meth:`cola_opt.llm.tasks.user.UserData.sample`), else empty. Not fingerprinted.
     """
 
     train: list[Example]
@@ -118,6 +121,7 @@ class Splits:
     source: str
     counts: dict[str, int]
     capped: dict[str, dict] = field(default_factory=dict)
+    where: dict[str, list[str]] = field(default_factory=dict)
 
     def warnings(self) -> list[str]:
         """One line per entry of :attr:`capped`: what was asked, what was drawn, and why."""
@@ -129,13 +133,18 @@ class Splits:
         Two draws with the same fingerprint hold the same examples, whatever folder or
         seed they came from; a changed label or prompt changes it.
         """
-        # (prompt, candidates, label): what dataclasses.astuple gave before Example had its idx
-        drawn = {name: [(e.prompt, e.candidates, e.label) for e in getattr(self, name)]
-                 for name in ("train", "dev", "test")}
+        # an Example as (prompt, candidates, label): what dataclasses.astuple gave before it had its idx
+        drawn = {name: [(e.prompt, e.candidates, e.label) if isinstance(e, Example) else astuple(e)
+                        for e in getattr(self, name)] for name in ("train", "dev", "test")}
         return hashlib.sha1(json.dumps(drawn, ensure_ascii=False).encode()).hexdigest()[:16]
 
-    def majority_accuracy(self) -> float:
-        """Test accuracy of always answering the most frequent training label, in [0, 1]."""
+    def majority_accuracy(self) -> float | None:
+        """Test accuracy of always answering the most frequent training label, in [0, 1]; ``None`` without labels.
+
+        Examples without a label (a language-modelling task's documents and completions) have no majority class.
+        """
+        if not all(isinstance(e, Example) for e in (*self.train, *self.test)):
+            return None
         labels = [e.label for e in self.train]
         top = max(set(labels), key=labels.count)
         return sum(e.label == top for e in self.test) / len(self.test)
