@@ -17,7 +17,7 @@ from cola_opt.llm.grid import GridConfig, Run, choose_lrs, method_changes, read_
 from cola_opt.llm.report import paired_tests, results_table
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING = ("train_seconds", "wall_seconds")
+TIMING = ("train_seconds", "wall_seconds", "step_seconds_median")
 
 
 def _grid_args(model_dir, data_dir):

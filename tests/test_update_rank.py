@@ -73,3 +73,51 @@ def test_link_ranks_refuses_a_gap_and_an_empty_folder(tmp_path):
     (tmp_path / "links" / "link-00").rename(tmp_path / "links" / "link-05")
     with pytest.raises(ValueError, match="not link-00"):
         link_ranks(tmp_path / "links")
+
+
+def _finetune_ranks(tiny_model_dir, tmp_path, method, **kw):
+    from cola_opt.llm.config import FinetuneConfig
+    from cola_opt.llm.trainer import finetune
+
+    cfg = FinetuneConfig(task="wsc", model=str(tiny_model_dir), method=method, n_train=16, n_dev=0, n_test=4,
+                         epochs=1, batch_size=2, lr=5e-2, rank=2, lora_alpha=4, autocast="none", progress=False,
+                         output_dir=str(tmp_path / "runs"), update_rank=True,
+                         export_dir=str(tmp_path / "export"), **kw)
+    return cfg, finetune(cfg)
+
+
+def test_finetune_records_the_rank_of_each_link_and_it_matches_the_export(tiny_model_dir, tmp_path, super_glue_dir):
+    cfg, r = _finetune_ranks(tiny_model_dir, tmp_path, "cola", knot_steps=(3, 6))
+    recs = r["update_rank"]
+    assert [x["link"] for x in recs] == [0, 1, 2] and [x["step"] for x in recs] == [3, 6, 8]
+    grown = 0
+    for name in recs[0]["sites"]:
+        ranks = [x["sites"][name]["numerical_rank"] for x in recs]
+        assert ranks[0] == 2 and all(r <= 2 * (k + 1) for k, r in enumerate(ranks)), ranks  # rank(X_k) <= k r
+        grown += ranks[-1] > 2
+    assert grown == len(recs[0]["sites"])  # every matrix went past one link's rank
+    # the last record is W - W0 of the exported, merged model
+    merged = weight_update_ranks(tiny_model_dir, tmp_path / "export", cfg.target_modules)
+    assert sorted(merged) == sorted(recs[-1]["sites"])
+    for name, s in merged.items():
+        assert s.numerical_rank == recs[-1]["sites"][name]["numerical_rank"]
+        assert s.frobenius == pytest.approx(recs[-1]["sites"][name]["frobenius"], rel=1e-4)
+
+
+def test_full_finetuning_records_one_rank_at_the_end(tiny_model_dir, tmp_path, super_glue_dir):
+    cfg, r = _finetune_ranks(tiny_model_dir, tmp_path, "full")
+    (rec,) = r["update_rank"]
+    merged = weight_update_ranks(tiny_model_dir, tmp_path / "export", cfg.target_modules)
+    assert rec["step"] == 8 and sorted(rec["sites"]) == sorted(merged)
+    for name, s in merged.items():
+        assert s.numerical_rank == rec["sites"][name]["numerical_rank"] > 2  # full-rank updates, not rank 2
+        assert s.frobenius == pytest.approx(rec["sites"][name]["frobenius"], rel=1e-4)
+
+
+def test_update_rank_is_refused_with_checkpoints_and_without_training(tiny_model_dir, tmp_path):
+    from cola_opt.llm.config import FinetuneConfig
+
+    with pytest.raises(ValueError, match="update_rank with checkpoint_every=5"):
+        FinetuneConfig(model=str(tiny_model_dir), update_rank=True, checkpoint_every=5).validate()
+    with pytest.raises(ValueError, match="trains nothing"):
+        FinetuneConfig(model=str(tiny_model_dir), method="zero-shot", update_rank=True).validate()

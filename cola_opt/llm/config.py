@@ -152,6 +152,11 @@ class FinetuneConfig:
         10, "with --nonfinite skip: stop with an error at this many non-finite steps in a row (optimizer steps; "
         "a diverged run)", resumable=True, late=True,
     )
+    update_rank: bool = _f(
+        False, "measure rank(W - W0) of every adapted matrix after each link and at the end (numerical rank at 1%% of "
+        "the largest singular value, stable rank) into results.json; keeps an fp32 copy of W0 of the target "
+        "matrices; not with checkpoints", fingerprint=False, resumable=False,  # a result without ranks is not reused
+    )
     export_dir: str | None = _f(
         None, "after training, write the merged model here: an HF model directory with chain.json (none = off)",
         fingerprint=False, grid="none",
@@ -303,6 +308,13 @@ class FinetuneConfig:
         if self.nonfinite not in GUARD_POLICIES:
             raise ValueError(f"nonfinite {self.nonfinite!r} must be one of {GUARD_POLICIES}")
         integer(self.max_consecutive_skips, "max_consecutive_skips", 1)
+        if not isinstance(self.update_rank, bool):
+            raise ValueError(f"update_rank must be true or false, got {self.update_rank!r}")
+        if self.update_rank and not method.trains:
+            raise ValueError(f"update_rank measures what training changed; method {self.method!r} trains nothing")
+        if self.update_rank and self.checkpoint_every > 0:
+            raise ValueError(f"update_rank with checkpoint_every={self.checkpoint_every}: the ranks of the links before "
+                             "a resume are not in the checkpoint; pass --checkpoint-every 0")
         if not method.trains and (self.export_dir or self.export_links):
             raise ValueError(f"export_dir and export_links need a trained method; method {self.method} trains nothing")
         if not method.lora and self.export_links:

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..atomic import atomic_save_json, atomic_write
 from .config import FinetuneConfig
 from .grid_plan import (
@@ -40,6 +42,7 @@ from .plan import draw, preflight
 from .report import write_report
 from .tasks import Splits, dev_cap
 from .trainer import finetune
+from .update_rank import summarise_records
 
 __all__ = ["ALL_TASKS", "DEFAULT_METHODS", "PAPER_LRS", "GridConfig", "Run", "choose_lrs", "method_changes",
            "read_records", "run_grid"]
@@ -108,6 +111,9 @@ def _record(grid: GridConfig, run: Run, cfg: FinetuneConfig, splits: Splits, res
         train_loss_last=sum(loss[-tenth:]) / tenth if loss else None,
         train_seconds=res["train_seconds"],
         wall_seconds=res["wall_seconds"],
+        step_seconds_median=float(np.median(res["step_seconds"])) if res.get("step_seconds") else None,
+        dev_curve=[[d["step"], d.get(headline(res["test"]).name)] for d in res["dev_history"]],
+        update_rank=summarise_records(res["update_rank"]) if res.get("update_rank") else None,
     )
     return rec
 

@@ -15,6 +15,7 @@ chain and schedule, and writing the results, are the trainer's
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -93,8 +94,10 @@ class TrainingLoop:
                 if self.done:
                     break
                 rng = capture_rng() if self.ckpt.on else None  # the state before this step, for a "stop"
+                t_step = time.perf_counter()
                 loss = self.forward_backward(step.batches)
                 knot = self.update(loss, step, rng)
+                self.log.step_seconds.append(time.perf_counter() - t_step)
                 self.report(loss, knot)
                 if step.last_of_epoch or self.done:
                     self.dev_evaluation(step.epoch)

@@ -25,6 +25,11 @@ class RunLog:
             seconds and bytes inside the checkpoint that holds the entry).
         resumed_from: the step of each resume.
         train_seconds: training wall time, summed over the processes of a resumed run.
+        step_seconds: wall time of each optimizer step this process took (forward,
+            backward, update and knot; not the dev evaluations), in seconds; not in
+            checkpoints.
+        update_rank: with ``update_rank`` on, ``rank(W - W0)`` after each link and at
+            the end (:class:`cola_opt.llm.update_rank.UpdateRankRecorder`), else empty.
     """
 
     dev_history: list[dict] = field(default_factory=list)
@@ -34,6 +39,8 @@ class RunLog:
     checkpoints: list[dict] = field(default_factory=list)
     resumed_from: list[int] = field(default_factory=list)
     train_seconds: float = 0.0
+    step_seconds: list[float] = field(default_factory=list)
+    update_rank: list[dict] = field(default_factory=list)
 
     PROGRESS: ClassVar[tuple[str, ...]] = ("train_loss", "dev_history", "skipped_steps", "checkpoints", "resumed_from")
 

@@ -45,6 +45,7 @@ from .resume import resume_point
 from .runlog import RunLog
 from .scoring import truncation_warning
 from .tasks import Example, Splits, find_task, task_metrics
+from .update_rank import UpdateRankRecorder
 
 __all__ = ["FullFinetuning", "build_chain", "finetune", "make_batch_order", "make_objective", "resolve_device"]
 
@@ -136,6 +137,7 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         _seed_everything(cfg.seed)
         model, tok = load_model(cfg.model, dtype=cfg.dtype, device=device)
         model.config.use_cache = False
+        ranks = UpdateRankRecorder(model, cfg.target_modules) if cfg.update_rank else None  # W0, before any update
         objective = make_objective(cfg, tok)
         data, truncation = _encode_splits(objective, plan.splits)
         evaluation = partial(_evaluation, cfg, objective, data)
@@ -143,10 +145,14 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         train_cpu = 0.0
         if method.trains:
             model, chain, sched = build_chain(cfg, model, plan.total_steps, plan.knots)
+            if ranks is not None and method.lora:
+                ranks.attach(chain)
             cpu_start = time.process_time()
             TrainingLoop(cfg, run_dir, model, chain, sched, objective, data["train"], make_batch_order(cfg, objective, data["train"]),
                          plan.total_steps, partial(evaluation, "dev"), log, resume_from).run()
             train_cpu = time.process_time() - cpu_start
+            if ranks is not None:
+                log.update_rank = ranks.finish(model, chain, method.lora)
         else:
             log.dev_history.append({"epoch": 0, "step": 0, **evaluation("dev", model)})
         t_eval = time.perf_counter()

@@ -14,6 +14,9 @@ Two numbers per matrix, from its singular values ``s_1 >= s_2 >= ...`` (scipy's
 ``svdvals``, in float64): the *numerical rank*, the number of ``s_i > 0.01 s_1``, and the
 *stable rank* ``||X||_F^2 / ||X||_2^2 = sum s_i^2 / s_1^2`` (Rudelson and Vershynin 2007),
 which is at most the rank and is not moved by tiny singular values.
+
+During a run, :class:`UpdateRankRecorder` (``--update-rank true``) measures the same after
+every link and at the end, into ``results.json`` and the grid's records.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy.linalg import svdvals
 
-__all__ = ["RankSummary", "link_ranks", "rank_summary", "weight_update_ranks"]
+__all__ = ["RankSummary", "UpdateRankRecorder", "link_ranks", "rank_summary", "summarise_records", "weight_update_ranks"]
 
 _LINK = re.compile(r"link-(\d+)$")
 _ADAPTER_KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)\.weight$")
@@ -171,4 +174,93 @@ def weight_update_ranks(base_dir: str | os.PathLike, tuned_dir: str | os.PathLik
         if before[name].shape != after[name].shape:
             raise ValueError(f"{name}: shape {before[name].shape} in {base_dir}, {after[name].shape} in {tuned_dir}")
         out[name] = rank_summary(after[name].astype(np.float64) - before[name].astype(np.float64), rel_tol)
+    return out
+
+
+class UpdateRankRecorder:
+    """Measure ``rank(W - W0)`` of the adapted matrices during a run: after every link, and at the end.
+
+    Built on the model as loaded, before any update: it keeps a float32 copy of ``W0``
+    for every 2-D weight of a module whose name ends in one of ``target_modules`` (for
+    SmolLM2 on all seven linear layers, 106M entries, 425 MB). Then
+
+    - for a chain (LoRA, COLA, ReLoRA): :meth:`attach` registers a ``"before"`` knot hook
+      that records ``X = W + scaling B A - W0`` of every site just before each merge, and
+      :meth:`finish` records the last link (still live in the factors);
+    - for a method that trains the weights themselves (full fine-tuning, GaLore):
+      :meth:`finish` records ``X = W - W0`` at the end.
+
+    Each record is ``{"link": k, "step": t, "sites": {name: RankSummary dict}}``
+    (:func:`rank_summary`: numerical rank at 1% of the largest singular value, stable
+    rank, spectral and Frobenius norm). Not kept in checkpoints: a run that records ranks
+    does not checkpoint (:class:`cola_opt.llm.config.FinetuneConfig` refuses both).
+
+    Args:
+        model: the model as loaded (no LoRA injected yet).
+        target_modules: module-name suffixes, as in LoRA's ``target_modules``.
+
+    Raises:
+        ValueError: if no 2-D weight matches ``target_modules``.
+    """
+
+    def __init__(self, model, target_modules) -> None:
+        import torch
+
+        self.targets = tuple(target_modules)
+        self.initial = {name: m.weight.detach().to(torch.float32, copy=True).cpu()
+                        for name, m in model.named_modules()
+                        if name.split(".")[-1] in self.targets and getattr(m, "weight", None) is not None
+                        and m.weight.ndim == 2}
+        if not self.initial:
+            raise ValueError(f"no 2-D weight of a module named {list(self.targets)} to measure the update of")
+        self.records: list[dict] = []
+
+    def attach(self, chain) -> None:
+        """Record at every knot of ``chain`` (a :class:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer`)."""
+        chain.add_knot_hook(lambda ch, _record: self._record_chain(ch), when="before")
+
+    def finish(self, model, chain, lora: bool) -> list[dict]:
+        """Record the end of the run: the live link of ``chain`` (``lora``), else ``model``'s weights; return all records.
+
+        ``chain`` gives the link index and step count of the record.
+        """
+        if lora:
+            self._record_chain(chain)
+        else:
+            import torch
+
+            with torch.no_grad():
+                current = {name: m.weight for name, m in model.named_modules() if name in self.initial}
+                self._append(chain.link, chain.step_count,
+                             {name: (w.detach().float().cpu() - self.initial[name]).numpy()
+                              for name, w in current.items()})
+        return self.records
+
+    def _record_chain(self, chain) -> None:
+        import torch
+
+        with torch.no_grad():
+            updates = {}
+            for site in chain.sites:
+                name = site.name.removeprefix("base_model.model.")
+                if name in self.initial:
+                    w = site.weight.detach().float().cpu() + site.delta().cpu()
+                    updates[name] = (w - self.initial[name]).numpy()
+        self._append(chain.link, chain.step_count, updates)
+
+    def _append(self, link: int, step: int, updates: dict[str, np.ndarray]) -> None:
+        self.records.append({"link": int(link), "step": int(step),
+                             "sites": {name: rank_summary(x).to_dict() for name, x in sorted(updates.items())}})
+
+
+def summarise_records(records: list[dict]) -> list[dict]:
+    """Per record (link), the median and largest numerical rank and the median stable rank over the matrices."""
+    out = []
+    for r in records:
+        num = [s["numerical_rank"] for s in r["sites"].values()]
+        stable = [s["stable_rank"] for s in r["sites"].values()]
+        out.append({"link": r["link"], "step": r["step"], "matrices": len(num),
+                    "numerical_rank_median": float(np.median(num)) if num else None,
+                    "numerical_rank_max": int(max(num)) if num else None,
+                    "stable_rank_median": float(np.median(stable)) if stable else None})
     return out
