@@ -111,6 +111,7 @@ def _record(grid: GridConfig, run: Run, cfg: FinetuneConfig, splits: Splits, res
         train_loss_last=sum(loss[-tenth:]) / tenth if loss else None,
         train_seconds=res["train_seconds"],
         wall_seconds=res["wall_seconds"],
+        trainable_parameters=res.get("trainable_parameters"),
         step_seconds_median=float(np.median(res["step_seconds"])) if res.get("step_seconds") else None,
         dev_curve=[[d["step"], d.get(headline(res["test"]).name)] for d in res["dev_history"]],
         update_rank=summarise_records(res["update_rank"]) if res.get("update_rank") else None,

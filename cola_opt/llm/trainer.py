@@ -100,7 +100,9 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         the predicted candidate index per test example, in order; a language-model task
         reports loss, perplexity and exact match instead, ``docs/data.md``), ``train_loss`` (per
         step, nats; NaN or inf for a skipped step), ``skipped_steps`` (1-based steps whose
-        update the non-finite guard dropped), ``knot_steps``, ``knots`` (each with its
+        update the non-finite guard dropped), ``trainable_parameters`` (entries the optimizer
+        updates; 0 for zero-shot), ``step_seconds`` (wall time of each optimizer step of this
+        process), ``update_rank`` (with ``update_rank`` on), ``knot_steps``, ``knots`` (each with its
         time in seconds), ``total_steps``, ``checkpoints`` (step, seconds, bytes of each
         checkpoint written; null seconds and bytes for the one a run resumed from),
         ``resumed_from`` (the step of each resume), ``export_dir``, and wall times in
@@ -142,9 +144,10 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         data, truncation = _encode_splits(objective, plan.splits)
         evaluation = partial(_evaluation, cfg, objective, data)
         log, chain = RunLog(), None
-        train_cpu = 0.0
+        train_cpu, trainable = 0.0, 0
         if method.trains:
             model, chain, sched = build_chain(cfg, model, plan.total_steps, plan.knots)
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             if ranks is not None and method.lora:
                 ranks.attach(chain)
             cpu_start = time.process_time()
@@ -164,6 +167,7 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
             "precision": {"autocast": cfg.autocast, "dtype": cfg.dtype, "fp32_master": cfg.fp32_master,
                           **precision_facts(device)},
             "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps, "knot_steps": list(plan.knots),
+            "trainable_parameters": trainable,
             **log.to_dict(), "train_cpu_seconds": train_cpu, "test": test,
             "dev": log.dev_history[-1] if log.dev_history else None,
             "test_seconds": time.perf_counter() - t_eval, "export_dir": None,
