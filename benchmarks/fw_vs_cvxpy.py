@@ -65,11 +65,11 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     warnings.filterwarnings("ignore")
-    from cola_opt.objectives.reference import certify
     from cola_opt.fw.refine import FactorRefinement
     from cola_opt.fw.sets import NuclearBall
     from cola_opt.fw.solver import minimize
     from cola_opt.fw.step_sizes import ExactLineSearch, OpenLoop
+    from cola_opt.objectives.reference import certify
 
     if spec["method"] in ("SCS", "CLARABEL"):
         import cvxpy  # noqa: F401

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from cola_opt.objectives import problems
 from cola_opt.fw.bounds import fw_primal_bound, nuclear_diameter
 from cola_opt.fw.refine import FactorRefinement
 from cola_opt.fw.solver import minimize
 from cola_opt.fw.step_sizes import Constant, ExactLineSearch, OpenLoop
+from cola_opt.objectives import problems
 
 from .common import Tracker, ball_for, check_broken, fstar_bounds
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import math
 
-from cola_opt.objectives import problems
 from cola_opt.fw.bounds import nonconvex_min_gap_bound, nuclear_diameter
 from cola_opt.fw.refine import FactorRefinement
 from cola_opt.fw.solver import minimize
 from cola_opt.fw.step_sizes import Constant, ExactLineSearch, ShortStep
+from cola_opt.objectives import problems
 
 from .common import Tracker, ball_for, check_broken
 

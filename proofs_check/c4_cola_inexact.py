@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from cola_opt.objectives import problems
 from cola_opt.fw.bounds import cola_bound, cola_prefix_bound, cola_step_size, nuclear_diameter
 from cola_opt.fw.oracles import InexactOracle
 from cola_opt.fw.sets import NuclearBall
 from cola_opt.fw.solver import minimize
 from cola_opt.fw.step_sizes import Constant
+from cola_opt.objectives import problems
 
 from .common import Tracker, check_broken
 

@@ -14,12 +14,12 @@ Broken variant: ``wrong_lmo`` (an oracle declared rank 1 that answers rank-2 mat
 
 from __future__ import annotations
 
-from cola_opt.objectives import problems
 from cola_opt.fw.bounds import rank_bound
 from cola_opt.fw.oracles import BlockLMO, ExactLMO, InexactOracle
 from cola_opt.fw.sets import NuclearBall, Unconstrained
 from cola_opt.fw.solver import minimize
 from cola_opt.fw.step_sizes import Constant, ExactLineSearch, OpenLoop
+from cola_opt.objectives import problems
 
 from .common import DoubleAtomBall, Tracker, check_broken
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from cola_opt.chain.optimizer import NonFiniteUpdateError, ResidualLowRankOptimizer
-from cola_opt.fw.oracles import FrozenFactors
 from cola_opt.chain.sites import TensorSite
+from cola_opt.fw.oracles import FrozenFactors
 
 torch.set_num_threads(1)
 

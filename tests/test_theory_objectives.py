@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cola_opt.objectives import problems
-from cola_opt.objectives import MatrixCompletion, MatrixLeastSquares, MultiResponseLogistic
+from cola_opt.objectives import MatrixCompletion, MatrixLeastSquares, MultiResponseLogistic, problems
 
 torch.set_num_threads(1)
 
