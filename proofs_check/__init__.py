@@ -7,7 +7,8 @@ violation. Each module states its claim, source, assumptions and constants, and 
 ``run(broken=...)`` to run a deliberately broken variant that the check must catch
 (tests/test_theory_proofs_check.py). ``python -m proofs_check --mutations`` patches the
 product's own functions with the mutations of :mod:`proofs_check.mutations` and shows
-which check catches each.
+which check catches each; ``python -m proofs_check.noise_floor`` measures the term of
+C4's stochastic bound that a fixed batch size leaves behind.
 """
 
 from . import (

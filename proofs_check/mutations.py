@@ -80,8 +80,8 @@ def _link_maximises():
     """COLA's inner link (linear target) ascends ``<G, B A>`` instead of descending it."""
     from cola_opt.fw.oracles import InexactOracle
 
-    real = InexactOracle._torch_gradient
-    with _setattr(InexactOracle, "_torch_gradient", staticmethod(lambda G: -real(G))):
+    real = InexactOracle.torch_gradient
+    with _setattr(InexactOracle, "torch_gradient", staticmethod(lambda G: -real(G))):
         yield
 
 

@@ -62,3 +62,25 @@ def test_every_mutation_is_caught_by_the_full_claim_set(capsys):
 def test_unknown_broken_variant_is_a_value_error():
     with pytest.raises(ValueError, match="'nonsense'"):
         CLAIMS["C1"].run(broken="nonsense")
+
+
+@pytest.mark.parametrize("family", ["rows", "entries"])
+def test_mini_batch_gradients_are_unbiased_and_noisy(family):
+    import numpy as np
+
+    from cola_opt.objectives import problems
+    from proofs_check.stochastic import MiniBatchEntries, MiniBatchRows
+
+    if family == "rows":
+        base = problems.indefinite_least_squares(6, 5, mu=0.5, seed=1).objective
+        wrapped = MiniBatchRows(base, base.A.shape[0] // 4, seed=0)
+    else:
+        base = problems.cauchy_completion(6, 5, seed=1).objective
+        wrapped = MiniBatchEntries(base, base.rows.size // 4, seed=0)
+    W = np.random.default_rng(2).standard_normal(base.shape)
+    full = base.gradient(W).toarray()
+    draws = np.stack([wrapped.gradient(W).toarray() for _ in range(4000)])
+    assert len(wrapped.drawn) == 4000 and wrapped.value(W) == base.value(W)
+    spread = np.linalg.norm(draws - full, axis=(1, 2)).mean()
+    assert spread > 0.05 * np.linalg.norm(full)  # a quarter batch is noisy ...
+    assert np.linalg.norm(draws.mean(axis=0) - full) < 0.05 * spread  # ... and unbiased (4000 draws: ~spread/63)

@@ -272,7 +272,11 @@ class InexactOracle(Oracle):
         return torch.optim.Adam(params, lr=self.lr)
 
     @staticmethod
-    def _torch_gradient(G) -> torch.Tensor:
+    def torch_gradient(G) -> torch.Tensor:
+        """The ``(m, n)`` gradient operator ``G`` as a float32 torch tensor: dense, or sparse COO on its support.
+
+        The linear target's loss is ``<G, scaling B A> / ||G||`` with this tensor.
+        """
         if G.dense is not None:
             return torch.from_numpy(G.dense).float()
         idx = torch.from_numpy(np.stack([G.rows, G.cols]))
@@ -294,7 +298,7 @@ class InexactOracle(Oracle):
         if self.target == "linear":
             if G is None or tau is None:
                 raise ValueError("the linear target needs the gradient G and the radius tau")
-            Gt = self._torch_gradient(G)
+            Gt = self.torch_gradient(G)
             gnorm = max(G.frobenius_norm(), 1e-300)
             self._project(site, tau)
         for _ in range(self.inner_steps):

@@ -234,7 +234,7 @@ class _ObservedLowRank(LowRankModel):
         if P.shape[0] * Q.shape[0] <= 4_000_000:  # small: one BLAS product, then a gather
             return self.w0 + (P @ Q.T).reshape(-1)[self.objective.flat]
         s = np.empty(rows.size)
-        step = 1 << 18  # in chunks: P[rows] would be |Omega| x k
+        step = max(1024, (1 << 22) // max(1, P.shape[1]))  # chunks of ~32 MB: P[rows] would be |Omega| x k
         for i in range(0, rows.size, step):
             sl = slice(i, i + step)
             s[sl] = np.einsum("ij,ij->i", P[rows[sl]], Q[cols[sl]])
