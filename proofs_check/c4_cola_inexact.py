@@ -12,7 +12,7 @@ step are derived in docs/theory.md (C4), with the bound for every prefix ``t <= 
 
 With teeth: the oracle's quality is asserted *a priori*, not absorbed into a measured
 ``eps``. The check states ``delta = 0.6`` for its oracle (``K = 15`` SGD steps at ``lr = 10``; the
-worst ``eps_t / g_t`` measured over the instances was 0.44) and asserts ``eps_t <= delta g_t`` at every link
+worst ``eps_t / g_t`` measured over the instances was 0.45) and asserts ``eps_t <= delta g_t`` at every link
 (a multiplicative approximate LMO); then (C4.3) gives the bound the check asserts,
 ``(1/t) sum g_s <= (M / (eta t) + beta eta D^2 / 2) / (1 - delta)``, which no oracle error can
 loosen. A maximizing oracle, say, fails ``eps <= delta g`` at the first link. The step the
