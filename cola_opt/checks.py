@@ -13,7 +13,7 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["choice", "finite_array", "integer", "real"]
+__all__ = ["choice", "finite_array", "integer", "rank_in_range", "real"]
 
 
 def integer(value, name: str, minimum: int = 0) -> int:
@@ -24,6 +24,28 @@ def integer(value, name: str, minimum: int = 0) -> int:
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} = {value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
+def rank_in_range(value, shape, name: str = "rank", where: str = "") -> int:
+    """``value`` as an ``int`` rank of an ``(m, n)`` matrix: an integer in ``[1, min(m, n)]``.
+
+    The one rank-range check of the chain (sites, knots, rank schedules) and of the
+    Frank-Wolfe side (oracles): a rank ``r`` link has factors ``(m, r)`` and ``(r, n)``.
+
+    Args:
+        shape: ``(m, n)``; name: what the rank is called in the message; where: what the
+            matrix is, for the message (``"site 'W'"``, say).
+
+    Raises:
+        ValueError: naming ``name``, ``value`` and the range, if ``value`` is not an integer
+            (bool refused) in ``[1, min(m, n)]``.
+    """
+    m, n = (int(d) for d in shape)
+    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Integral)
+    if not (ok and 1 <= value <= min(m, n)):
+        at = f"{where} of shape {(m, n)}" if where else f"a {m}x{n} matrix"
+        raise ValueError(f"{name} {value!r} must be an integer in [1, {min(m, n)}] for {at}")
     return int(value)
 
 

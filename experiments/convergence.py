@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from tqdm import tqdm
 
-from cola_opt.objectives import problems
 from cola_opt.atomic import atomic_save_json, atomic_write
 from cola_opt.fw.bounds import fw_min_gap_bound, fw_primal_bound, nuclear_diameter
 from cola_opt.fw.oracles import InexactOracle
@@ -46,6 +45,7 @@ from cola_opt.fw.refine import FactorRefinement
 from cola_opt.fw.sets import NuclearBall, Unconstrained
 from cola_opt.fw.solver import minimize
 from cola_opt.fw.step_sizes import ExactLineSearch, OpenLoop
+from cola_opt.objectives import problems
 
 
 def _save_png(fig, path: Path) -> None:

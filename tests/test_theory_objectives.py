@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cola_opt.objectives import problems
-from cola_opt.objectives import MatrixCompletion, MatrixLeastSquares, MultiResponseLogistic
+from cola_opt.objectives import MatrixCompletion, MatrixLeastSquares, MultiResponseLogistic, TwoLayerMLP, problems
 
 torch.set_num_threads(1)
 
@@ -100,3 +99,20 @@ def test_bad_inputs_raise():
         obj.value(np.ones((2, 2)))
     with pytest.raises(ValueError, match="fraction"):
         problems.matrix_completion(5, fraction=0.0)
+
+
+def test_two_layer_mlp_gradient_matches_autograd_and_the_teacher_is_a_zero():
+    pb = problems.two_layer_mlp(7, 5, o=2, rank=2, shift=1.5, seed=3)
+    obj = pb.objective
+    assert obj.shape == (5, 7) and not obj.convex and obj.smoothness is None
+    assert float(np.abs(pb.W0).max()) > 0 and obj.value(pb.truth) == pytest.approx(0.0, abs=1e-24)
+    assert obj.value(pb.W0) > 1e-3  # the start is off the teacher
+    W = torch.tensor(pb.W0.astype(np.float64) + 0.3, requires_grad=True)
+    loss = obj.loss(W)
+    loss.backward()
+    assert float(loss) == pytest.approx(obj.value(W.detach().numpy()), rel=1e-12)
+    np.testing.assert_allclose(obj.gradient(W.detach().numpy()).toarray(), W.grad.numpy(), rtol=1e-10, atol=1e-14)
+    out = obj.outputs(pb.truth)
+    np.testing.assert_allclose(out, np.tanh(obj.Z @ pb.truth.T) @ obj.V.T)
+    with pytest.raises(ValueError, match="must be"):
+        TwoLayerMLP(np.ones((4, 3)), np.ones((2, 5)), np.ones((4, 3)))

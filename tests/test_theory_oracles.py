@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cola_opt.objectives import GradientOperator
 from cola_opt.fw.oracles import BlockLMO, ExactLMO, InexactOracle
 from cola_opt.fw.sets import NuclearBall, Unconstrained
 from cola_opt.fw.spectral import compress_factors, numerical_rank, project_capped_simplex, top_singular
+from cola_opt.objectives import GradientOperator
 
 torch.set_num_threads(1)
 FAST = settings(max_examples=25, deadline=None)

@@ -36,11 +36,51 @@ def test_quick_run_is_green_and_the_cli_exit_codes(capsys):
     assert "VIOLATED: C5" in capsys.readouterr().out
 
 
+def test_every_frank_wolfe_claim_checks_the_every_iterate_invariants():
+    """Feasibility, f >= f*_lo and the reported gap at every iterate of every FW variant, on W0 != 0 too."""
+    for name in ("C1", "C2", "C3"):
+        result = CLAIMS[name].run(quick=True)
+        for check in ("feasible", "f >= f*_lo", "gap = g_t"):
+            assert result.checks[check].count > 0 and result.checks[check].violations == 0, (name, check)
+        assert any(c in result.checks and result.checks[c].count > 0 for c in ("one step", "decrease")), name
+        assert any("+W0(" in pb.name for pb in CLAIMS[name].instances(quick=True)), name  # W0 != 0 instances
+
+
 @pytest.mark.slow
-def test_full_run_is_green():
+def test_full_run_is_green_with_at_least_1000_instances(capsys):
     assert main([]) == 0
+    tail = capsys.readouterr().out.strip().splitlines()[-1]
+    assert int(tail.split(" claims, ")[1].split(" instances")[0]) >= 1000, tail
+
+
+@pytest.mark.slow
+def test_every_mutation_is_caught_by_the_full_claim_set(capsys):
+    assert main(["--mutations"]) == 0
+    assert "NOT CAUGHT" not in capsys.readouterr().out
 
 
 def test_unknown_broken_variant_is_a_value_error():
     with pytest.raises(ValueError, match="'nonsense'"):
         CLAIMS["C1"].run(broken="nonsense")
+
+
+@pytest.mark.parametrize("family", ["rows", "entries"])
+def test_mini_batch_gradients_are_unbiased_and_noisy(family):
+    import numpy as np
+
+    from cola_opt.objectives import problems
+    from proofs_check.stochastic import MiniBatchEntries, MiniBatchRows
+
+    if family == "rows":
+        base = problems.indefinite_least_squares(6, 5, mu=0.5, seed=1).objective
+        wrapped = MiniBatchRows(base, base.A.shape[0] // 4, seed=0)
+    else:
+        base = problems.cauchy_completion(6, 5, seed=1).objective
+        wrapped = MiniBatchEntries(base, base.rows.size // 4, seed=0)
+    W = np.random.default_rng(2).standard_normal(base.shape)
+    full = base.gradient(W).toarray()
+    draws = np.stack([wrapped.gradient(W).toarray() for _ in range(4000)])
+    assert len(wrapped.drawn) == 4000 and wrapped.value(W) == base.value(W)
+    spread = np.linalg.norm(draws - full, axis=(1, 2)).mean()
+    assert spread > 0.05 * np.linalg.norm(full)  # a quarter batch is noisy ...
+    assert np.linalg.norm(draws.mean(axis=0) - full) < 0.05 * spread  # ... and unbiased (4000 draws: ~spread/63)

@@ -8,14 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cola_opt.objectives import problems
+from cola_opt.chain.sites import TensorSite
 from cola_opt.fw.oracles import BlockLMO, ExactLMO, InexactOracle
-from cola_opt.objectives.reference import certify, reference_optimum
 from cola_opt.fw.refine import FactorRefinement
 from cola_opt.fw.sets import NuclearBall, Unconstrained
-from cola_opt.chain.sites import TensorSite
 from cola_opt.fw.solver import ChainSolver, minimize
 from cola_opt.fw.step_sizes import Backtracking, Constant, ExactLineSearch, OpenLoop
+from cola_opt.objectives import problems
+from cola_opt.objectives.reference import certify, reference_optimum
 
 torch.set_num_threads(1)
 FEW = settings(max_examples=12, deadline=None)
@@ -232,5 +232,15 @@ def test_bad_combinations_raise_before_work():
         minimize(obj, oracle=InexactOracle(2, 2), refine=FactorRefinement())
     with pytest.raises(ValueError, match="max_iter = -1"):
         minimize(obj, constraint=NuclearBall(1.0), max_iter=-1)
-    assert Constant(1.0)  # the default step of unconstrained runs exists
-    assert isinstance(OpenLoop(), OpenLoop)
+
+
+def test_default_step_is_one_without_a_set_and_open_loop_on_the_ball():
+    pb = problems.matrix_completion(8, 6, rank=2, seed=11)
+    cola = ChainSolver(pb.objective, oracle=InexactOracle(2, 3, lr=0.05))
+    assert type(cola.rule) is Constant and cola.rule.value == 1.0
+    res = cola.run(3, tol=None)
+    assert [(k.step_size, k.shrink) for k in res.knots] == [(1.0, 0.0)] * 3
+    fw = minimize(pb.objective, constraint=NuclearBall(pb.tau), max_iter=5, tol=None)
+    assert type(fw.solver.rule) is OpenLoop
+    assert [row.step_size for row in fw.trace.rows[:-1]] == [2.0 / (t + 2.0) for t in range(5)]
+    assert [k.shrink for k in fw.knots] == [1.0] * 5

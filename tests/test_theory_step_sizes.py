@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cola_opt.objectives import problems
 from cola_opt.fw.step_sizes import Backtracking, Constant, ExactLineSearch, Line, OpenLoop, ShortStep, make_step_rule
+from cola_opt.objectives import problems
 
 torch.set_num_threads(1)
 FAST = settings(max_examples=30, deadline=None)

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from cola_opt.objectives import problems
+from cola_opt.chain.schedules import epoch_knots, step_down_ranks, uniform_knots, validate_knots
+from cola_opt.chain.sites import TensorSite
+from cola_opt.fw.oracles import BlockLMO, ExactLMO, InexactOracle
+from cola_opt.fw.refine import FactorRefinement
+from cola_opt.fw.result import Trace, TraceRow
+from cola_opt.fw.sets import NuclearBall
+from cola_opt.fw.solver import ChainSolver, minimize
+from cola_opt.fw.step_sizes import Backtracking, Constant, OpenLoop, ShortStep
 from cola_opt.objectives import (
     CauchyCompletion,
     IndefiniteLeastSquares,
@@ -21,15 +28,8 @@ from cola_opt.objectives import (
     MatrixLeastSquares,
     MatrixSensing,
     MultiResponseLogistic,
+    problems,
 )
-from cola_opt.fw.oracles import BlockLMO, ExactLMO, InexactOracle
-from cola_opt.fw.refine import FactorRefinement
-from cola_opt.fw.result import Trace, TraceRow
-from cola_opt.chain.schedules import epoch_knots, step_down_ranks, uniform_knots, validate_knots
-from cola_opt.fw.sets import NuclearBall
-from cola_opt.chain.sites import TensorSite
-from cola_opt.fw.solver import ChainSolver, minimize
-from cola_opt.fw.step_sizes import Backtracking, Constant, OpenLoop, ShortStep
 
 torch.set_num_threads(1)
 NAN, INF = math.nan, math.inf

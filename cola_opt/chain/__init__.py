@@ -1,7 +1,10 @@
 """The chain of residual low-rank links: the loop, its sites, knots and their schedules.
 
-- :mod:`.optimizer`: :class:`ResidualLowRankOptimizer`, the chain loop and the knot;
-- :mod:`.sites`: :class:`Site` (one matrix and its link's factors) and :class:`TensorSite`;
+- :mod:`.optimizer`: :class:`ResidualLowRankOptimizer`, the chain loop;
+- :mod:`.knot`: the knot's merge arithmetic, its checks and :class:`KnotRecord`;
+- :mod:`.sites`: :class:`Site` (one matrix and its link's factors), :class:`TensorSite` and
+  :func:`storage_key`;
+- :mod:`.sharding`: sharded (FSDP2 ``DTensor``) weights: gather, scatter, finiteness;
 - :mod:`.reset`: what a knot does to the inner optimizer's state (full, prune, keep);
 - :mod:`.schedules`: knot steps and rank schedules;
 - :mod:`.lr_schedules`: ReLoRA's jagged cosine learning rate.
@@ -13,7 +16,7 @@ Nothing here imports the Frank-Wolfe side (:mod:`cola_opt.fw`) or the LLM side
 from .optimizer import KnotRecord, NonFiniteUpdateError, ResidualLowRankOptimizer
 from .reset import FullReset, KeepState, PruneState, ResetPolicy, make_reset_policy
 from .schedules import epoch_knots, step_down_ranks, uniform_knots, validate_knots
-from .sites import Site, TensorSite, reinit_factors_
+from .sites import Site, TensorSite, reinit_factors_, storage_key
 
 __all__ = [
     "FullReset",
@@ -29,6 +32,7 @@ __all__ = [
     "make_reset_policy",
     "reinit_factors_",
     "step_down_ranks",
+    "storage_key",
     "uniform_knots",
     "validate_knots",
 ]

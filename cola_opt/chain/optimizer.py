@@ -24,63 +24,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from ..checks import integer, real
+from ..checks import integer, rank_in_range, real
+from .knot import KnotRecord, NonFiniteUpdateError, check_updates, merge_updates
 from .reset import ResetPolicy, make_reset_policy
 from .schedules import validate_knots
-from .sites import Site
+from .sites import Site, storage_key
 
 __all__ = [
     "KnotRecord",
     "NonFiniteUpdateError",
     "ResidualLowRankOptimizer",
 ]
-
-
-def _storage_key(w: torch.Tensor) -> int:
-    """What identifies ``w``'s memory: its storage address (views of one tensor share it)."""
-    try:
-        return id(w) if w.is_meta else w.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError, AttributeError):  # sharded or wrapper tensors
-        return id(w)
-
-
-class NonFiniteUpdateError(FloatingPointError):
-    """A knot was asked to merge a NaN or inf; no weight was changed."""
-
-
-@dataclass
-class KnotRecord:
-    """What one knot did.
-
-    Attributes:
-        link: 0-based index of the link that was merged.
-        step: inner-optimizer steps done when the knot was tied.
-        seconds: wall time of the whole knot (checks, merge, re-init, reset), in seconds,
-            without the knot hooks.
-        step_size: ``gamma`` used in the merge.
-        shrink: coefficient of ``X = W - W0`` in the merge.
-        rank: rank of the merged link (the largest over sites).
-        next_rank: rank of the link that starts after the knot.
-        max_abs_update: largest absolute entry merged, over all sites (float32).
-        lr: learning rate of each inner param group when the knot was tied: the rate
-            of the link's last step when the LR scheduler steps after ``chain.step()``
-            (:class:`cola_opt.llm.hf.ColaCallback` records the same under the Trainer).
-    """
-
-    link: int
-    step: int
-    seconds: float
-    step_size: float
-    shrink: float
-    rank: int
-    next_rank: int
-    max_abs_update: float
-    lr: list[float] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------- the chain
@@ -102,8 +61,8 @@ class ResidualLowRankOptimizer:
             tied (see :mod:`cola_opt.chain.schedules`). Empty means one link: plain LoRA.
         ranks: rank of each link, ``len(knot_steps) + 1`` entries; link 0 keeps the
             sites' current rank, so ``ranks[0]`` must equal it. ``None`` keeps the rank.
-        step_size: ``gamma`` of the merge, a number or ``f(t) -> float`` of the 0-based
-            link index. COLA uses 1.
+        step_size: ``gamma`` of the merge, a finite number; COLA uses 1. A knot may
+            override it (:meth:`tie_knot`), as the Frank-Wolfe driver does per link.
         shrink: coefficient of ``X = W - W0`` in the merge; 0 for COLA, 1 for
             Frank-Wolfe on a constraint set. Nonzero needs sites with ``keep_initial``.
         reset: optimizer policy at a knot: ``"full"`` (COLA), ``"keep"``,
@@ -115,7 +74,8 @@ class ResidualLowRankOptimizer:
 
     Raises:
         ValueError: on no sites, factors missing from ``optimizer``, bad knot steps,
-            a ``ranks`` list of the wrong length or with a bad rank, a bad ``reset``.
+            a ``ranks`` list of the wrong length or with a bad rank, a bad ``reset``, a
+            ``step_size`` or ``shrink`` that is not a finite number.
     """
 
     def __init__(
@@ -125,7 +85,7 @@ class ResidualLowRankOptimizer:
         *,
         knot_steps: Sequence[int] = (),
         ranks: Sequence[int] | None = None,
-        step_size: float | Callable[[int], float] = 1.0,
+        step_size: float = 1.0,
         shrink: float = 0.0,
         reset: str | ResetPolicy = "full",
         seed: int = 0,
@@ -134,38 +94,22 @@ class ResidualLowRankOptimizer:
         self.sites: list[Site] = list(sites)
         if not self.sites:
             raise ValueError("a chain needs at least one site")
-        owners: dict[int, str] = {}
+        owners: dict[object, str] = {}
         for s in self.sites:  # a weight merged through two sites would take every update twice
-            key = _storage_key(s.weight)
+            key = storage_key(s.weight)
             if key in owners:
                 raise ValueError(f"sites {owners[key]!r} and {s.name!r} share one weight; give each weight one site")
             owners[key] = s.name
         self.knot_steps = validate_knots(knot_steps)
-        if ranks is not None:
-            ranks = tuple(integer(r, "each of ranks", 1) for r in ranks)
-            if len(ranks) != len(self.knot_steps) + 1:
-                raise ValueError(f"ranks {list(ranks)} must have one entry per link: {len(self.knot_steps) + 1}")
-            if any(r < 1 for r in ranks):
-                raise ValueError(f"ranks {list(ranks)} must all be >= 1")
-            current = {s.rank for s in self.sites}
-            if current != {ranks[0]}:
-                raise ValueError(f"ranks[0] = {ranks[0]} must equal the sites' current rank {sorted(current)}")
-            for s in self.sites:
-                if max(ranks) > min(s.shape):
-                    raise ValueError(f"rank {max(ranks)} exceeds site {s.name!r} of shape {s.shape}")
-        self.ranks = ranks
-        if shrink != 0.0:
+        self.ranks = None if ranks is None else self._check_ranks(ranks)
+        self.step_size = real(step_size, "step_size")
+        self.shrink = real(shrink, "shrink")
+        if self.shrink != 0.0:
             missing = [s.name for s in self.sites if s.initial is None]
             if missing:
                 raise ValueError(f"shrink={shrink} needs W0, but sites {missing[:3]} were built without keep_initial")
-        if not callable(step_size):
-            real(step_size, "step_size")
-        real(shrink, "shrink")
-        integer(seed, "seed", 0)
-        self.step_size = step_size
-        self.shrink = float(shrink)
+        self.seed = integer(seed, "seed", 0)
         self.reset_policy = make_reset_policy(reset)
-        self.seed = int(seed)
         if optimizer is None:
             optimizer = torch.optim.AdamW(self.factor_parameters(), lr=lr, weight_decay=0.0)
         held = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -249,25 +193,12 @@ class ResidualLowRankOptimizer:
     # ------------------------------------------------------------------ the knot
     def current_step_size(self) -> float:
         """``gamma`` for the current link."""
-        return float(self.step_size(self.link) if callable(self.step_size) else self.step_size)
+        return self.step_size
 
     def _generator(self, link: int, site_index: int) -> torch.Generator:
         g = torch.Generator()
         g.manual_seed((self.seed * 1_000_003 + link * 10_007 + site_index) % (2**63 - 1))
         return g
-
-    @staticmethod
-    def _update(site: Site, step_size: float, shrink: float) -> torch.Tensor:
-        update = site.delta()
-        if shrink != 0.0:
-            site.subtract_residual_(update, shrink)
-        if step_size != 1.0:
-            update.mul_(step_size)
-        return update
-
-    def _updates(self, step_size: float, shrink: float) -> Iterable[tuple[Site, torch.Tensor]]:
-        for site in self.sites:
-            yield site, self._update(site, step_size, shrink)
 
     @torch.no_grad()
     def tie_knot(
@@ -297,42 +228,12 @@ class ResidualLowRankOptimizer:
         rho = self.shrink if shrink is None else float(shrink)
         if not math.isfinite(gamma) or not math.isfinite(rho):
             raise NonFiniteUpdateError(f"knot step_size={gamma} shrink={rho} must be finite")
-        # Pass 1: check every site before changing any, so a failure leaves all intact.
-        biggest = 0.0
-        held = None
-        for site, update in self._updates(gamma, rho):
-            lo, hi = torch.aminmax(update)
-            peak = float(torch.maximum(hi, -lo))  # max |entry|; NaN or inf if any entry is
-            if not math.isfinite(peak):
-                raise NonFiniteUpdateError(
-                    f"refusing to merge link {self.link} at step {self.step_count}: the update of site "
-                    f"{site.name!r} is not finite; the weights are unchanged"
-                )
-            if not site.merged_is_finite(update):
-                raise NonFiniteUpdateError(
-                    f"refusing to merge link {self.link} at step {self.step_count}: site {site.name!r} "
-                    f"would overflow {site.weight.dtype}; the weights are unchanged"
-                )
-            biggest = max(biggest, peak)
-            held = update if len(self.sites) == 1 else None
-        t_hooks = time.perf_counter()
-        for hook in list(self._hooks["before"]):
-            hook(self, None)
-        t_hooks = time.perf_counter() - t_hooks
-        # Pass 2: merge. One site's update is kept from pass 1; with several sites each is
-        # recomputed (bit-identical) so that memory stays one site's worth.
-        if held is not None:
-            self.sites[0].merge(held)
-            del held
-        else:
-            for site, update in self._updates(gamma, rho):
-                site.merge(update)
+        biggest, held = check_updates(self.sites, gamma, rho, f"link {self.link} at step {self.step_count}")
+        t_hooks = self._call_hooks("before", None)
+        merge_updates(self.sites, gamma, rho, held)
+        del held
         merged_rank = max(s.rank for s in self.sites)
-        if next_rank is None and self.ranks is not None and self.link + 1 < len(self.ranks):
-            next_rank = self.ranks[self.link + 1]
-        for i, site in enumerate(self.sites):
-            site.reset_factors(next_rank, generator=self._generator(self.link + 1, i))
-        self.reset_policy(self.optimizer, self.factor_parameters())
+        self._start_next_link(next_rank)
         record = KnotRecord(
             link=self.link,
             step=self.step_count,
@@ -346,9 +247,23 @@ class ResidualLowRankOptimizer:
         )
         self.knots.append(record)
         self.link += 1
-        for hook in list(self._hooks["after"]):
-            hook(self, record)
+        self._call_hooks("after", record)
         return record
+
+    def _call_hooks(self, when: str, record: KnotRecord | None) -> float:
+        """Call the knot hooks registered for ``when``; return the seconds they took."""
+        t0 = time.perf_counter()
+        for hook in list(self._hooks[when]):
+            hook(self, record)
+        return time.perf_counter() - t0
+
+    def _start_next_link(self, next_rank: int | None) -> None:
+        """Re-initialise every site's factors (at ``next_rank``, or the schedule's) and reset the optimizer."""
+        if next_rank is None and self.ranks is not None and self.link + 1 < len(self.ranks):
+            next_rank = self.ranks[self.link + 1]
+        for i, site in enumerate(self.sites):
+            site.reset_factors(next_rank, generator=self._generator(self.link + 1, i))
+        self.reset_policy(self.optimizer, self.factor_parameters())
 
     def merge_low_rank(
         self,
@@ -379,12 +294,7 @@ class ResidualLowRankOptimizer:
         if len(factors) != len(self.sites):
             raise ValueError(f"{len(factors)} factor pairs given for {len(self.sites)} sites")
         for site, (B, A) in zip(self.sites, factors):  # check all before writing any
-            m, n = site.shape
-            if B.ndim != 2 or A.ndim != 2 or tuple(B.shape[:1]) != (m,) or A.shape[-1] != n or B.shape[1] != A.shape[0]:
-                raise ValueError(
-                    f"factors of shapes {tuple(B.shape)} and {tuple(A.shape)} do not form the ({m}, {n}) "
-                    f"update of site {site.name!r}"
-                )
+            site.check_factors(B, A)
         for site, (B, A) in zip(self.sites, factors):
             if not (bool(torch.isfinite(B).all()) and bool(torch.isfinite(A).all())):
                 raise NonFiniteUpdateError(
@@ -397,11 +307,20 @@ class ResidualLowRankOptimizer:
             site.set_factors(B, A)
         return self.tie_knot(step_size=step_size, shrink=shrink, next_rank=next_rank)
 
+    def _check_ranks(self, ranks: Sequence[int]) -> tuple[int, ...]:
+        """The ``ranks`` schedule, checked: one rank per link, the first the sites' current one."""
+        ranks = tuple(integer(r, "each of ranks", 1) for r in ranks)
+        if len(ranks) != len(self.knot_steps) + 1:
+            raise ValueError(f"ranks {list(ranks)} must have one entry per link: {len(self.knot_steps) + 1}")
+        current = {s.rank for s in self.sites}
+        if current != {ranks[0]}:
+            raise ValueError(f"ranks[0] = {ranks[0]} must equal the sites' current rank {sorted(current)}")
+        self._check_rank("each of ranks", max(ranks))
+        return ranks
+
     def _check_rank(self, name: str, rank) -> None:
-        integer(rank, name, 1)
         for s in self.sites:
-            if not 1 <= rank <= min(s.shape):
-                raise ValueError(f"{name}={rank} must be in [1, {min(s.shape)}] for site {s.name!r} of shape {s.shape}")
+            rank_in_range(rank, s.shape, name, f"site {s.name!r}")
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

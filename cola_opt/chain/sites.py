@@ -16,65 +16,30 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Site", "TensorSite", "full_tensor", "is_sharded", "local_part", "reinit_factors_"]
+from ..checks import rank_in_range, real
+from .sharding import full_tensor, is_sharded, local_part, sum_is_finite
+
+__all__ = ["Site", "TensorSite", "full_tensor", "is_sharded", "local_part", "reinit_factors_", "storage_key"]
 
 
-def _dtensor_type():
+def storage_key(t: torch.Tensor) -> object:
+    """What identifies ``t``'s memory: equal for two tensors that share it.
+
+    Tied weights (one Parameter under two names) and views of one tensor share a storage,
+    so they get one key: ``(device, storage address)``. Meta tensors (a model built without
+    weights) all have address 0, and sharded ``DTensor`` s and other wrapper tensors have
+    no single address: those are keyed by identity, ``id(t)``.
+    """
+    if t.is_meta or is_sharded(t):
+        return id(t)
     try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch built without torch.distributed
-        return None
-    return DTensor
-
-
-def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The whole logical tensor: all-gathers a sharded ``DTensor`` (FSDP2), else ``t`` itself.
-
-    A collective for a ``DTensor``: every process of its mesh must call it, in the same
-    order (the knot visits sites in one order on every process).
-    """
-    dt = _dtensor_type()
-    return t.full_tensor() if dt is not None and isinstance(t, dt) else t
-
-
-def local_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``full`` laid out like ``like``: the same ``DTensor`` mesh and placements, or ``full`` as is.
-
-    Each process keeps the slice it owns of ``full``, which must be the same on every
-    process (it is: the knot's update is computed from all-gathered factors). No
-    communication.
-    """
-    dt = _dtensor_type()
-    if dt is None or not isinstance(like, dt):
-        return full
-    from torch.distributed.tensor import distribute_tensor
-
-    return distribute_tensor(full.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
-
-
-def is_sharded(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a ``DTensor`` (an FSDP2 parameter)."""
-    dt = _dtensor_type()
-    return dt is not None and isinstance(t, dt)
-
-
-@torch.no_grad()
-def _sum_is_finite(base: torch.Tensor, update: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether ``(base.float() + update).to(dtype)`` is finite everywhere, in row blocks of ~1M entries."""
-    if base.numel() == 0:
-        return True
-    bound = sum(float(torch.maximum(hi, -lo)) for lo, hi in (torch.aminmax(base), torch.aminmax(update)))
-    if bound < 0.5 * torch.finfo(dtype).max:
-        return True
-    rows = max(1, (1 << 20) // max(1, base.shape[1]))
-    for i in range(0, base.shape[0], rows):
-        part = (base[i:i + rows].float() + update[i:i + rows].to(base.device)).to(dtype)
-        if not bool(torch.isfinite(part).all()):
-            return False
-    return True
+        return (str(t.device), t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError, AttributeError):  # wrapper tensors without a storage
+        return id(t)
 
 
 @torch.no_grad()
@@ -209,13 +174,18 @@ class Site(ABC):
         Raises:
             RuntimeError: if the site was built without ``keep_initial=True``.
         """
+        initial = self._require_initial()
+        current = full_tensor(self._master if self._master is not None else self.weight).float()
+        return current - initial.to(current.device)
+
+    def _require_initial(self) -> torch.Tensor:
         if self._initial is None:
             raise RuntimeError(f"site {self.name!r} keeps no initial weight W0; build it with keep_initial=True")
-        current = full_tensor(self._master if self._master is not None else self.weight).float()
-        return current - self._initial.to(current.device)
+        return self._initial
 
-    def _row_blocks(self):
-        rows = max(1, (1 << 20) // max(1, self.shape[1]))  # about 1M entries per block
+    def row_blocks(self):
+        """Row slices of about 1M entries each that cover ``range(m)`` in order (blockwise passes over ``W``)."""
+        rows = max(1, (1 << 20) // max(1, self.shape[1]))
         return (slice(i, i + rows) for i in range(0, self.shape[0], rows))
 
     @torch.no_grad()
@@ -228,17 +198,16 @@ class Site(ABC):
         Raises:
             RuntimeError: if the site was built without ``keep_initial=True``.
         """
-        if self._initial is None:
-            raise RuntimeError(f"site {self.name!r} keeps no initial weight W0; build it with keep_initial=True")
+        initial = self._require_initial()
         current = full_tensor(self._master if self._master is not None else self.weight)
-        for blk in self._row_blocks():
-            part = current[blk].float() - self._initial[blk].to(current.device)
+        for blk in self.row_blocks():
+            part = current[blk].float() - initial[blk].to(current.device)
             update[blk].sub_(part.to(update.device), alpha=alpha)
         return update
 
     @torch.no_grad()
     def merged_is_finite(self, update: torch.Tensor) -> bool:
-        """Whether :meth:`merged_value` would be finite (no ``(m, n)`` temporary).
+        """Whether :meth:`merge` of the float32 ``update`` would leave ``W`` finite (no ``(m, n)`` temporary).
 
         Fast path: ``max|W| + max|update| < max(dtype) / 2`` proves every merged entry finite;
         otherwise the sum is formed and checked in row blocks. A sharded (FSDP2) weight is
@@ -247,20 +216,11 @@ class Site(ABC):
         """
         base = self._master if self._master is not None else self.weight
         if not is_sharded(base):
-            return _sum_is_finite(base, update, self.weight.dtype)
+            return sum_is_finite(base, update, self.weight.dtype)
         mine = local_part(update.to(device=base.device, dtype=torch.float32), base).to_local()
-        ok = torch.tensor([int(_sum_is_finite(base.to_local(), mine, self.weight.dtype))], device=mine.device)
+        ok = torch.tensor([int(sum_is_finite(base.to_local(), mine, self.weight.dtype))], device=mine.device)
         torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN, group=base.device_mesh.get_group())
         return bool(ok.item())
-
-    @torch.no_grad()
-    def merged_value(self, update: torch.Tensor) -> torch.Tensor:
-        """What ``W`` would become after adding the fp32 ``update``: fp32 sum, cast once.
-
-        Returns the whole ``(m, n)`` weight, also for a sharded one (all-gathered).
-        """
-        base = full_tensor(self._master if self._master is not None else self.weight).float()
-        return (base + update.to(base.device)).to(self.weight.dtype)
 
     @torch.no_grad()
     def merge(self, update: torch.Tensor) -> None:
@@ -281,6 +241,20 @@ class Site(ABC):
         else:
             w.copy_(w.float().add_(update))
 
+    def check_factors(self, B, A) -> int:
+        """The rank ``k`` of an update ``B @ A`` that fits this site: ``B`` ``(m, k)``, ``A`` ``(k, n)``.
+
+        Raises:
+            ValueError: if the shapes do not chain to ``(m, n)`` or ``k`` is not in ``[1, min(m, n)]``.
+        """
+        m, n = self.shape
+        if B.ndim != 2 or A.ndim != 2 or B.shape[0] != m or A.shape[1] != n or B.shape[1] != A.shape[0]:
+            raise ValueError(
+                f"factors of shapes {tuple(B.shape)} and {tuple(A.shape)} do not form the ({m}, {n}) update "
+                f"of site {self.name!r}"
+            )
+        return rank_in_range(int(A.shape[0]), (m, n), "rank", f"site {self.name!r}")
+
     @torch.no_grad()
     def set_factors(self, B: torch.Tensor, A: torch.Tensor) -> None:
         """Write an explicit low-rank update into the current link: afterwards ``delta() == B @ A``.
@@ -300,15 +274,7 @@ class Site(ABC):
             ValueError: if the shapes do not chain to ``(m, n)`` or ``k`` is not in
                 ``[1, min(m, n)]``.
         """
-        m, n = self.shape
-        if B.ndim != 2 or A.ndim != 2 or B.shape[0] != m or A.shape[1] != n or B.shape[1] != A.shape[0]:
-            raise ValueError(
-                f"factors of shapes {tuple(B.shape)} and {tuple(A.shape)} do not form the ({m}, {n}) update "
-                f"of site {self.name!r}"
-            )
-        k = int(A.shape[0])
-        if not 1 <= k <= min(m, n):
-            raise ValueError(f"rank {k} for site {self.name!r} must be in [1, {min(m, n)}] (weight {m}x{n})")
+        k = self.check_factors(B, A)
         if k != self.rank:
             self._resize(k)
         b = (B.detach().to(torch.float32) / self.scaling).to(self.lora_B.device)
@@ -327,10 +293,7 @@ class Site(ABC):
         if rank is not None and rank != self.rank:
             if is_sharded(self.lora_A) or is_sharded(self.lora_B):
                 raise ValueError(f"site {self.name!r}: cannot change the rank of sharded (FSDP2) factors to {rank}")
-            m, n = self.shape
-            if not 1 <= rank <= min(m, n):
-                raise ValueError(f"rank {rank} for site {self.name!r} must be in [1, {min(m, n)}] (weight {m}x{n})")
-            self._resize(rank)
+            self._resize(rank_in_range(rank, self.shape, "rank", f"site {self.name!r}"))
         reinit_factors_(self.lora_B, self.lora_A, generator)
 
 
@@ -365,12 +328,6 @@ class TensorSite(Site):
         fp32_master: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
-        import numbers
-
-        import numpy as np
-
-        from ..checks import real
-
         if isinstance(weight, np.ndarray) and weight.ndim == 2 and weight.dtype.kind == "f":
             if not weight.flags.writeable:
                 raise ValueError("weight is a read-only numpy array; the site updates W in place: pass a "
@@ -385,9 +342,7 @@ class TensorSite(Site):
                              f"{type(weight).__name__} of shape {getattr(weight, 'shape', None)} dtype "
                              f"{getattr(weight, 'dtype', None)}")
         m, n = weight.shape
-        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= min(m, n):
-            raise ValueError(f"rank {rank!r} must be an integer in [1, {min(m, n)}] for a {m}x{n} weight")
-        rank = int(rank)
+        rank = rank_in_range(rank, (m, n), "rank", "the weight")
         self._weight = weight.detach().requires_grad_(False)
         self.lora_alpha = None if lora_alpha is None else real(lora_alpha, "lora_alpha", above=0)
         kw = {"device": weight.device, "dtype": torch.float32}

@@ -47,10 +47,24 @@ class ActiveSet:
         hit = np.nonzero((cu * cv) > 1.0 - 1e-10)[0]
         return int(hit[0]) if hit.size else None
 
-    def add_frank_wolfe(self, u: np.ndarray, v: np.ndarray, gamma: float) -> None:
-        """``X <- (1 - gamma) X + gamma tau u v^T``."""
+    def add_frank_wolfe(self, B: np.ndarray, A: np.ndarray, gamma: float) -> None:
+        """``X <- (1 - gamma) X + gamma B A``: a Frank-Wolfe step towards ``S = B @ A``.
+
+        Each column pair ``(B[:, i], A[i])`` becomes the atom ``b_i a_i^T / (|b_i| |a_i|)``
+        with coefficient ``gamma |b_i| |a_i|`` (merged into an equal active atom); for the
+        LMO's ``S = -tau u v^T`` that is the atom ``(-u, v)`` with ``gamma tau``. Atoms whose
+        coefficient falls to 0 are dropped (:meth:`prune`).
+
+        Args:
+            B: ``(m, k)``; A: ``(k, n)``; gamma: the step in ``[0, 1]``.
+        """
         self.c *= 1.0 - gamma
-        self._add(u, v, gamma * self.tau)
+        B = B * gamma
+        for i in range(B.shape[1]):
+            nb, na = float(np.linalg.norm(B[:, i])), float(np.linalg.norm(A[i]))
+            if nb * na > 0:
+                self._add(B[:, i] / nb, A[i] / na, nb * na)
+        self.prune()
 
     def _add(self, u, v, amount: float) -> None:
         i = self._find(u, v)

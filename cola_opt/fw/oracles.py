@@ -16,9 +16,12 @@
   ``scaling (||B||^2 + ||A||^2) / 2 <= tau``, which contains only points of nuclear norm
   ``<= tau``: an approximate LMO whose error ``eps_t`` the driver measures (COLA Section 4).
 
+One verb: ``oracle.propose(state) -> Proposal`` (:mod:`cola_opt.fw.proposal`), where
+``state`` is the link's :class:`cola_opt.fw.link.LinkState` (the gradient, ``X``, the chain).
 Oracles never touch the weights: exact ones return factors, which the driver merges
 through :meth:`cola_opt.chain.optimizer.ResidualLowRankOptimizer.merge_low_rank`; the inexact one
-trains the link in place, and the driver ties the knot.
+trains the link in place (a ``trained`` proposal), and the driver ties the knot.
+Each oracle also checks, before any work, that it can run on a set and a shape (:meth:`Oracle.check`).
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 
-from ..checks import choice, integer, real
-from .sets import LMOAnswer, NuclearBall
-from .spectral import project_capped_simplex, top_singular
+from ..checks import choice, integer, rank_in_range, real
+from .proposal import Proposal
+from .sets import ConstraintSet, LMOAnswer, NuclearBall
+from .spectral import SVD_METHODS, project_capped_simplex, top_singular
 
 __all__ = ["BlockLMO", "ExactLMO", "FrozenFactors", "InexactOracle", "Oracle"]
 
@@ -65,15 +69,35 @@ class FrozenFactors:
             raise ValueError("FrozenFactors holds no optimizer state; got a non-empty one")
 
 
-_SVD_METHODS = ("auto", "dense", "svds", "randomized")
-
-
 class Oracle:
-    """Base: ``exact`` oracles return factors; inexact ones train the link. ``rank`` is per link."""
+    """Base: ``exact`` oracles return factors; inexact ones train the link. ``rank`` is per link.
+
+    Attributes:
+        exact: answers exactly (needs a bounded set; no inner optimizer).
+        atomic: answers one extreme point of the set (away and pairwise steps need that).
+        rank: the rank of every link; lora_alpha: LoRA's ``alpha`` (None: ``scaling = 1``).
+        warm_start: the driver may warm-start the gap's SVD with the last singular vector.
+    """
 
     exact: bool = True
+    atomic: bool = False
     rank: int = 1
     lora_alpha: float | None = None
+    warm_start: bool = True
+
+    def propose(self, state) -> Proposal:
+        """The link's :class:`~cola_opt.fw.proposal.Proposal` at ``state`` (a :class:`~cola_opt.fw.link.LinkState`)."""
+        raise NotImplementedError
+
+    def check(self, constraint: ConstraintSet, shape: tuple[int, int]) -> None:
+        """Refuse, before any work, a set or shape this oracle cannot run on.
+
+        Raises:
+            ValueError: for an exact oracle on an unbounded set, or a rank above ``min(m, n)``.
+        """
+        if self.exact and not constraint.bounded:
+            raise ValueError(f"{self!r} needs a bounded constraint set (NuclearBall), got {constraint!r}")
+        rank_in_range(self.rank, shape, "oracle rank", "the objective")
 
     def make_optimizer(self, params):
         """The chain's inner optimizer; exact oracles get :class:`FrozenFactors`."""
@@ -92,12 +116,19 @@ class ExactLMO(Oracle):
         ValueError: on an unknown ``svd``.
     """
 
+    atomic = True
+
     def __init__(self, svd: str = "auto", warm_start: bool = True) -> None:
-        self.svd, self.warm_start = choice(svd, "svd method", _SVD_METHODS), bool(warm_start)
+        self.svd, self.warm_start = choice(svd, "svd method", SVD_METHODS), bool(warm_start)
         self.rank = 1
 
     def __repr__(self) -> str:
         return f"ExactLMO(svd={self.svd!r})"
+
+    def propose(self, state) -> Proposal:
+        """The set's extreme point ``S = argmin <G, S>`` (``-tau u1 v1^T`` on the ball), a ``"fw"`` step."""
+        S = state.lmo(self.svd)
+        return Proposal(S.B, S.A, "fw", value=S.value)
 
 
 class BlockLMO(Oracle):
@@ -121,10 +152,15 @@ class BlockLMO(Oracle):
     def __init__(self, rank: int, curvature: float | None = None, svd: str = "auto") -> None:
         self.rank = integer(rank, "block LMO rank", 1)
         self.curvature = None if curvature is None else real(curvature, "block LMO curvature", above=0)
-        self.svd = choice(svd, "svd method", _SVD_METHODS)
+        self.svd = choice(svd, "svd method", SVD_METHODS)
 
     def __repr__(self) -> str:
         return f"BlockLMO(rank={self.rank}, curvature={self.curvature})"
+
+    def propose(self, state) -> Proposal:
+        """The rank-``r`` point ``P_r(X - G / c)`` of :meth:`solve`, a ``"block"`` Frank-Wolfe step."""
+        S = self.solve(state.G, state.X.dense(), state.constraint, state.objective.smoothness, seed=state.svd_seed)
+        return Proposal(S.B, S.A, "block", value=S.value)
 
     def solve(self, G, X: np.ndarray | torch.Tensor, ball: NuclearBall, L: float | None, seed: int = 0) -> LMOAnswer:
         """The rank-``r`` answer as factors ``B = U diag(s)``, ``A = V^T`` (float64).
@@ -142,8 +178,7 @@ class BlockLMO(Oracle):
         if c is None:
             raise ValueError("BlockLMO needs curvature= or an objective with a smoothness constant L")
         m, n = G.shape
-        if self.rank > min(m, n):
-            raise ValueError(f"block LMO rank {self.rank} exceeds min(m, n) = {min(m, n)}")
+        rank_in_range(self.rank, (m, n), "block LMO rank", "the gradient")
         Xn = X.detach().double().numpy() if isinstance(X, torch.Tensor) else np.asarray(X, dtype=np.float64)
         Gop = G.aslinearoperator() if hasattr(G, "aslinearoperator") else G
         Z = LinearOperator((m, n), dtype=np.float64,
@@ -201,6 +236,34 @@ class InexactOracle(Oracle):
         return (f"InexactOracle(rank={self.rank}, K={self.inner_steps}, {self.optimizer}, lr={self.lr:g}, "
                 f"target={self.target!r})")
 
+    def check(self, constraint: ConstraintSet, shape: tuple[int, int]) -> None:
+        """As :meth:`Oracle.check`; the ``"linear"`` target needs a bounded set, ``"objective"`` an unbounded one."""
+        if self.target == "objective" and constraint.bounded:
+            raise ValueError("InexactOracle(target='objective') merges unconstrained steps; use "
+                             "target='linear' on a NuclearBall, or constraint=Unconstrained()")
+        if self.target == "linear" and not constraint.bounded:
+            raise ValueError("InexactOracle(target='linear') approximates an LMO: it needs a NuclearBall")
+        super().check(constraint, shape)
+
+    def propose(self, state) -> Proposal:
+        """Train the chain's current link for ``K`` inner steps; propose it as it is (``trained``).
+
+        The factors ``(scaling B, A)`` are read after training; for the ``"linear"`` target
+        the proposal carries the measured oracle error ``eps_t = <G, Delta> + tau sigma_1(G)``
+        (against the gap set's LMO answer). ``shrink`` is the set's; ``gamma_max`` is 1 on the
+        ball and ``inf`` unconstrained.
+        """
+        site = state.site
+        losses = self.train_link(state.chain, site, state.objective, state.G, state.constraint.tau)
+        B = site.lora_B.detach().double().numpy() * site.scaling
+        A = site.lora_A.detach().double().numpy()
+        shrink = state.constraint.shrink
+        error = math.nan
+        if self.target == "linear" and state.gap_answer is not None:
+            error = state.G.inner_lowrank(B, A) - state.gap_answer.value
+        return Proposal(B, A, "inexact", gamma_max=1.0 if shrink else math.inf, shrink=shrink, trained=True,
+                        oracle_error=error, steps=self.inner_steps, losses=losses)
+
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         if self.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
@@ -209,7 +272,11 @@ class InexactOracle(Oracle):
         return torch.optim.Adam(params, lr=self.lr)
 
     @staticmethod
-    def _torch_gradient(G) -> torch.Tensor:
+    def torch_gradient(G) -> torch.Tensor:
+        """The ``(m, n)`` gradient operator ``G`` as a float32 torch tensor: dense, or sparse COO on its support.
+
+        The linear target's loss is ``<G, scaling B A> / ||G||`` with this tensor.
+        """
         if G.dense is not None:
             return torch.from_numpy(G.dense).float()
         idx = torch.from_numpy(np.stack([G.rows, G.cols]))
@@ -231,7 +298,7 @@ class InexactOracle(Oracle):
         if self.target == "linear":
             if G is None or tau is None:
                 raise ValueError("the linear target needs the gradient G and the radius tau")
-            Gt = self._torch_gradient(G)
+            Gt = self.torch_gradient(G)
             gnorm = max(G.frobenius_norm(), 1e-300)
             self._project(site, tau)
         for _ in range(self.inner_steps):

@@ -13,6 +13,10 @@ Each accepted step satisfies the projected-gradient sufficient decrease
 ``phi(new) <= phi(old)``: refinement never increases ``f``. Hence any Frank-Wolfe bound
 proven from the one-step inequality ``f(x_{t+1}) <= f(x_t + gamma_t (s_t - x_t))``
 (Jaggi 2013, Theorem 1; Lacoste-Julien 2016, Theorem 1) still holds for the refined run.
+
+Like an oracle, the refinement answers one call with one proposal
+(:meth:`FactorRefinement.propose`): the refined ``X`` itself, merged by the driver with
+``gamma = 1, shrink = 1``.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checks import integer, real
+from .active_set import ActiveSet
+from .proposal import Proposal
 from .spectral import compress_factors
 
-__all__ = ["FactorRefinement", "RefineInfo"]
+__all__ = ["FactorRefinement", "RefineInfo", "RefinedFactors"]
 
 
 @dataclass
@@ -37,6 +43,23 @@ class RefineInfo:
     f_before: float
     f_after: float
     rank: int
+
+
+@dataclass
+class RefinedFactors(Proposal):
+    """The refined ``X = U diag(s) V^T`` as a proposal: ``Delta = X_new`` with ``gamma = rho = 1``."""
+
+    U: np.ndarray | None = None
+    s: np.ndarray | None = None
+    V: np.ndarray | None = None
+
+    def book(self, atoms: ActiveSet, gamma: float) -> None:
+        """The atoms become the refined thin SVD."""
+        atoms.set_svd(self.U, self.s, self.V)
+
+    def rank_after(self, rank: int, gamma: float, atoms: ActiveSet | None) -> int:
+        """The number of refined atoms."""
+        return len(atoms)
 
 
 class FactorRefinement:
@@ -133,6 +156,15 @@ class FactorRefinement:
         if excess > 1.0:  # rounding only: the BM bound already keeps ||X||_* <= tau
             s = s / excess
         return Uo, s, Vo, RefineInfo(steps, backtracks, f0, f, int(s.size))
+
+    def propose(self, model, atoms: ActiveSet) -> RefinedFactors:
+        """Refine the factors of ``X`` held by ``atoms`` (:meth:`run`); the refined ``X`` as a proposal.
+
+        Args:
+            model: as in :meth:`run`; atoms: the active set of ``X`` on the ball of radius ``atoms.tau``.
+        """
+        U, s, V, info = self.run(model, atoms.U, atoms.c, atoms.V, atoms.tau)
+        return RefinedFactors(U * s, V.T, "refine", gamma_max=1.0, shrink=1.0, steps=info.steps, U=U, s=s, V=V)
 
     @staticmethod
     def _project(P: np.ndarray, Q: np.ndarray, tau: float):

@@ -1,19 +1,20 @@
 """Constraint sets for the residual ``X = W - W0``: the nuclear-norm ball, and unconstrained.
 
 A set knows its LMO (``argmin_{S in set} <G, S>``, Jaggi 2013 Section 4.2 for the
-nuclear ball), its Frobenius diameter, its projection, and the ``shrink`` coefficient that
-a Frank-Wolfe step on it merges with (DESIGN §2: 1 on a constraint set, 0 without one).
+nuclear ball), whether it is bounded (then it has an LMO and a radius ``tau``), membership,
+and the ``shrink`` coefficient that a Frank-Wolfe step on it merges with (DESIGN §2: 1 on
+a constraint set, 0 without one). Its Frobenius diameter is
+:func:`cola_opt.fw.bounds.nuclear_diameter`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..checks import real
-from .spectral import project_capped_simplex, top_singular
+from .spectral import top_singular
 
 __all__ = ["ConstraintSet", "LMOAnswer", "NuclearBall", "Unconstrained"]
 
@@ -38,19 +39,23 @@ class LMOAnswer:
 
 
 class ConstraintSet:
-    """Where the residual lives. ``shrink`` is the merge coefficient of a step on this set."""
+    """Where the residual lives.
+
+    Attributes:
+        shrink: the merge coefficient of a Frank-Wolfe step on this set.
+        bounded: whether the set is bounded: then :meth:`lmo` answers and ``tau`` is its radius.
+        tau: the radius of a bounded set, else None.
+    """
 
     shrink: float = 0.0
-    diameter: float = math.inf
+    bounded: bool = False
+    tau: float | None = None
 
     def lmo(self, G, *, method: str = "auto", v0=None, seed: int = 0) -> LMOAnswer:
         raise ValueError(f"{type(self).__name__} has no linear minimization oracle (it is unbounded)")
 
     def contains(self, X, rtol: float = 1e-6) -> bool:
         return True
-
-    def project(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(X, dtype=np.float64)
 
 
 class Unconstrained(ConstraintSet):
@@ -71,10 +76,10 @@ class NuclearBall(ConstraintSet):
     """
 
     shrink = 1.0
+    bounded = True
 
     def __init__(self, tau: float) -> None:
         self.tau = real(tau, "nuclear-ball radius tau", above=0)
-        self.diameter = 2.0 * self.tau
 
     def __repr__(self) -> str:
         return f"NuclearBall(tau={self.tau:g})"
@@ -100,8 +105,3 @@ class NuclearBall(ConstraintSet):
         """Whether ``||X||_* <= tau (1 + rtol)``."""
         a = np.asarray(X.detach().cpu().double() if hasattr(X, "detach") else X, dtype=np.float64)
         return float(np.linalg.svd(a, compute_uv=False).sum()) <= self.tau * (1.0 + rtol)
-
-    def project(self, X: np.ndarray) -> np.ndarray:
-        """Euclidean projection onto the ball: soft-threshold the singular values (dense SVD)."""
-        U, s, Vt = np.linalg.svd(np.asarray(X, dtype=np.float64), full_matrices=False)
-        return (U * project_capped_simplex(s, self.tau)) @ Vt

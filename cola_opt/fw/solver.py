@@ -5,17 +5,24 @@ A :class:`ChainSolver` owns one :class:`~cola_opt.chain.sites.TensorSite` over `
 chain. Link ``t``:
 
 1. *measure* ``f(W_t)``, ``grad f(W_t)`` and the FW gap ``g_t = <G, X_t> - min_S <G, S>``
-   over ``gap_set`` (default: the constraint set);
-2. *propose*: an exact oracle returns factors (the LMO atom, an away or pairwise
-   direction, a block-LMO point); the inexact oracle trains the link's factors for ``K``
-   inner steps;
-3. *step*: the step rule picks ``gamma_t`` on the line ``W_t + gamma d`` with
-   ``d = Delta - shrink * X_t``;
+   over ``gap_set`` (default: the constraint set) into a :class:`~cola_opt.fw.link.LinkState`;
+2. *propose*: ``oracle.propose(state)`` answers one :class:`~cola_opt.fw.proposal.Proposal`
+   (an exact oracle's factors: the LMO atom, a block-LMO point; the inexact oracle trains the
+   link's factors for ``K`` inner steps), and the *direction* of ``variant``
+   (:data:`DIRECTIONS`: as it is, :mod:`~cola_opt.fw.away`, :mod:`~cola_opt.fw.pairwise`)
+   may replace it by an away or pairwise step over the active set;
+3. *step*: the step rule picks ``gamma_t`` in ``[0, gamma_max]`` on the line ``W_t + gamma d``
+   with ``d = Delta - shrink * X_t`` (:func:`~cola_opt.fw.link.line_of` computes what the rule ``needs``);
 4. *knot*: ``W <- W + gamma_t (Delta - shrink X_t)`` through the chain
-   (:meth:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer.merge_low_rank` or
-   :meth:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer.tie_knot`);
-5. optionally *refine* the factors of ``X`` and merge the refined ``X`` by one more knot
+   (:meth:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer.merge_low_rank`, or
+   :meth:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer.tie_knot` for a trained link);
+   the proposal keeps its books (active set, rank bound);
+5. optionally *refine*: ``refine.propose`` answers the refined ``X``, merged by one more knot
    (``step_size = 1, shrink = 1``).
+
+The loop composes oracle, direction, step rule and set through these verbs and the
+attributes they declare (``oracle.check``, ``oracle.atomic``, ``set.bounded``, ``rule.needs``);
+it never asks which class one of them is.
 
 Settings of this one loop (DESIGN §2):
 
@@ -36,7 +43,6 @@ import math
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from ..chain.optimizer import ResidualLowRankOptimizer
@@ -44,22 +50,24 @@ from ..chain.sites import TensorSite
 from ..checks import choice, finite_array, integer, real, real_array
 from ..objectives.base import Objective
 from .active_set import ActiveSet
-from .oracles import _SVD_METHODS, BlockLMO, ExactLMO, InexactOracle, Oracle
+from .away import away_or_frank_wolfe
+from .link import LinkState, Residual, as_tensor, line_of
+from .oracles import ExactLMO, Oracle
+from .pairwise import pairwise
+from .proposal import Proposal, frank_wolfe
 from .refine import FactorRefinement
 from .result import Result, Trace, TraceRow
-from .sets import ConstraintSet, NuclearBall, Unconstrained
-from .spectral import compress_factors, numerical_rank
-from .step_sizes import Constant, ExactLineSearch, Line, OpenLoop, ShortStep, make_step_rule
+from .sets import ConstraintSet, Unconstrained
+from .spectral import SVD_METHODS, compress_factors, numerical_rank
+from .step_sizes import NEEDS, Constant, OpenLoop, StepRule, make_step_rule
 
-__all__ = ["EXACT_RANK_MAX", "ChainSolver", "minimize"]
+__all__ = ["DIRECTIONS", "EXACT_RANK_MAX", "ChainSolver", "minimize"]
 
 #: ``record_rank="auto"`` computes the exact numerical rank when ``min(m, n)`` is at most this.
 EXACT_RANK_MAX = 64
-_VARIANTS = ("vanilla", "away", "pairwise")
 
-
-def _t(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).float()
+#: ``variant`` -> the direction rule ``(proposal, state, atoms) -> proposal`` applied to the oracle's answer.
+DIRECTIONS = {"vanilla": frank_wolfe, "away": away_or_frank_wolfe, "pairwise": pairwise}
 
 
 def _check_run(max_iter, tol, time_limit, callback, progress):
@@ -85,46 +93,29 @@ def _start_weight(x0, shape: tuple[int, int]) -> torch.Tensor:
     return W
 
 
-class _Residual:
-    """``X = W - W0`` of a site, materialised only when a dense consumer asks for it."""
+def _check_types(objective, oracle, constraint, gap_set, refine) -> None:
+    """Each argument of :class:`ChainSolver` is of its kind (one ValueError naming the first that is not)."""
+    if not isinstance(objective, Objective):
+        raise ValueError(f"objective must be a cola_opt Objective, got {type(objective).__name__}")
+    if not isinstance(oracle, Oracle):
+        raise ValueError(f"oracle {oracle!r} must be an Oracle (ExactLMO, BlockLMO, InexactOracle) or None")
+    for name, v in (("constraint", constraint), ("gap_set", gap_set)):
+        if not isinstance(v, ConstraintSet):
+            raise ValueError(f"{name} {v!r} must be a ConstraintSet (NuclearBall, Unconstrained) or None")
+    if refine is not None and not isinstance(refine, FactorRefinement):
+        raise ValueError(f"refine {refine!r} must be a FactorRefinement or None")
 
-    def __init__(self, site: TensorSite, w0_zero: bool = False) -> None:
-        self.site, self._dense, self.w0_zero = site, None, w0_zero
 
-    def dense(self) -> torch.Tensor:
-        """The ``(m, n)`` float32 residual (cached until :meth:`release`)."""
-        if self._dense is None:
-            self._dense = self.site.residual()
-        return self._dense
-
-    def release(self) -> None:
-        self._dense = None
-
-    def inner(self, G) -> float:
-        """``<G, X>``; a sparse gradient needs only ``X`` on its support."""
-        if G.dense is not None:
-            return G.inner(self.dense())
-        gw = G.inner(self.site.weight)
-        return gw if self.w0_zero else gw - G.inner(self.site.initial)
-
-    def times(self, At: torch.Tensor) -> torch.Tensor:
-        """``X @ At`` for ``At`` of shape ``(n, k)``, as ``W @ At - W0 @ At``."""
-        if self._dense is not None:
-            return self._dense @ At
-        wa = self.site.weight.float() @ At
-        return wa if self.w0_zero else wa - self.site.initial @ At
-
-    def norm2(self) -> float:
-        """``||X||_F^2`` in float64, accumulated over row blocks."""
-        if self._dense is not None:
-            return float(torch.linalg.vector_norm(self._dense).double() ** 2)
-        total = 0.0
-        for blk in self.site._row_blocks():
-            part = self.site.weight[blk].float()
-            if not self.w0_zero:
-                part = part - self.site.initial[blk]
-            total += float(torch.linalg.vector_norm(part).double() ** 2)
-        return total
+def _check_rule(rule: StepRule, objective: Objective) -> None:
+    """What the step rule ``needs`` (:data:`cola_opt.fw.step_sizes.NEEDS`), the objective must provide."""
+    name = type(objective).__name__
+    for need in rule.needs:
+        if need not in NEEDS:
+            raise ValueError(f"{rule!r} needs {need!r}, which no line provides; needs are {NEEDS}")
+        if need == "curvature" and not objective.quadratic:
+            raise ValueError(f"{rule!r} (exact line search) needs a quadratic objective; {name} is not")
+        if need == "L" and objective.smoothness is None:
+            raise ValueError(f"{rule!r} needs L: {name} has no smoothness constant")
 
 
 class ChainSolver:
@@ -138,7 +129,8 @@ class ChainSolver:
         step_size: a :class:`~cola_opt.fw.step_sizes.StepRule`, a number, or a name; default
             open loop ``2/(t+2)`` on a constraint set, ``Constant(1)`` without one.
         constraint: the set of the residual ``X = W - W0``; default ``Unconstrained()``.
-        variant: ``"vanilla"``, ``"away"`` or ``"pairwise"`` (the last two need ExactLMO).
+        variant: ``"vanilla"``, ``"away"`` or ``"pairwise"`` (:data:`DIRECTIONS`; the last two
+            need an atomic oracle: ExactLMO).
         refine: a :class:`FactorRefinement` to polish ``X``'s factors after every link.
         gap_set: the set over which the FW gap is measured; default ``constraint``.
         seed: an integer ``>= 0``; seeds the chain's re-initialisations and the SVD start vectors.
@@ -156,62 +148,39 @@ class ChainSolver:
                  constraint: ConstraintSet | None = None, variant: str = "vanilla",
                  refine: FactorRefinement | None = None, gap_set: ConstraintSet | None = None, seed: int = 0,
                  record_rank: str = "auto", svd: str = "auto") -> None:
-        if not isinstance(objective, Objective):
-            raise ValueError(f"objective must be a cola_opt Objective, got {type(objective).__name__}")
-        m, n = objective.shape
         oracle = ExactLMO() if oracle is None else oracle
         constraint = Unconstrained() if constraint is None else constraint
         gap_set = constraint if gap_set is None else gap_set
-        if not isinstance(oracle, Oracle):
-            raise ValueError(f"oracle {oracle!r} must be an Oracle (ExactLMO, BlockLMO, InexactOracle) or None")
-        for name, v in (("constraint", constraint), ("gap_set", gap_set)):
-            if not isinstance(v, ConstraintSet):
-                raise ValueError(f"{name} {v!r} must be a ConstraintSet (NuclearBall, Unconstrained) or None")
-        if refine is not None and not isinstance(refine, FactorRefinement):
-            raise ValueError(f"refine {refine!r} must be a FactorRefinement or None")
-        choice(variant, "variant", _VARIANTS)
+        _check_types(objective, oracle, constraint, gap_set, refine)
+        choice(variant, "variant", tuple(DIRECTIONS))
         choice(record_rank, "record_rank", ("auto", "exact", "bound"))
-        choice(svd, "svd method", _SVD_METHODS)
+        choice(svd, "svd method", SVD_METHODS)
         seed = integer(seed, "seed", 0)
-        bounded = isinstance(constraint, NuclearBall)
-        if isinstance(oracle, (ExactLMO, BlockLMO)) and not bounded:
-            raise ValueError(f"{oracle!r} needs a bounded constraint set (NuclearBall), got {constraint!r}")
-        if isinstance(oracle, InexactOracle):
-            if oracle.target == "objective" and bounded:
-                raise ValueError("InexactOracle(target='objective') merges unconstrained steps; use "
-                                 "target='linear' on a NuclearBall, or constraint=Unconstrained()")
-            if oracle.target == "linear" and not bounded:
-                raise ValueError("InexactOracle(target='linear') approximates an LMO: it needs a NuclearBall")
-        if variant != "vanilla" and not isinstance(oracle, ExactLMO):
+        oracle.check(constraint, objective.shape)
+        if variant != "vanilla" and not oracle.atomic:
             raise ValueError(f"variant {variant!r} needs the exact rank-1 LMO (ExactLMO), got {oracle!r}")
-        if refine is not None and not bounded:
+        if refine is not None and not constraint.bounded:
             raise ValueError("factor refinement keeps X in the nuclear ball: it needs constraint=NuclearBall(tau)")
-        if oracle.rank > min(m, n):
-            raise ValueError(f"oracle rank {oracle.rank} exceeds min(m, n) = {min(m, n)} for shape {(m, n)}")
-        if step_size is None:
-            step_size = OpenLoop() if bounded else Constant(1.0)
-        rule = make_step_rule(step_size)
-        if isinstance(rule, ExactLineSearch) and not objective.quadratic:
-            raise ValueError(f"exact line search needs a quadratic objective; {type(objective).__name__} is not")
-        if isinstance(rule, ShortStep) and rule.L is None and objective.smoothness is None:
-            raise ValueError(f"ShortStep needs L: {type(objective).__name__} has no smoothness constant")
-        W = _start_weight(x0, (m, n))
+        rule = make_step_rule((OpenLoop() if constraint.bounded else Constant(1.0)) if step_size is None else step_size)
+        _check_rule(rule, objective)
+        W = _start_weight(x0, objective.shape)
 
         self.objective, self.oracle, self.rule, self.constraint, self.gap_set = objective, oracle, rule, constraint, gap_set
         self.variant, self.refine, self.seed, self.record_rank, self.svd = variant, refine, seed, record_rank, svd
+        self.direction = DIRECTIONS[variant]
         gen = torch.Generator().manual_seed(seed)
         self.site = TensorSite(W, oracle.rank, lora_alpha=oracle.lora_alpha, keep_initial=True, generator=gen)
         self.chain = ResidualLowRankOptimizer([self.site], oracle.make_optimizer(list(self.site.factors())),
                                               shrink=constraint.shrink, seed=seed)
         tracked = variant != "vanilla" or refine is not None
-        self.atoms = ActiveSet(m, n, constraint.tau) if tracked else None
+        self.atoms = ActiveSet(*objective.shape, constraint.tau) if tracked else None
         self._w0_zero = not bool(self.site.initial.any())
         self._model = objective.lowrank(None if self._w0_zero else self.site.initial) if refine is not None else None
         self.t, self.elapsed, self.inner_steps, self.rank_bound = 0, 0.0, 0, 0
         self.trace = Trace()
         self.inner_losses: list[float] = []
         self._warm = None
-        self._pending = None
+        self._pending: LinkState | None = None
 
     # ------------------------------------------------------------------ measuring
     @property
@@ -219,23 +188,29 @@ class ChainSolver:
         """The current ``(m, n)`` float32 weight (shares storage with the site)."""
         return self.site.weight
 
+    @property
+    def state(self) -> LinkState | None:
+        """The measured :class:`~cola_opt.fw.link.LinkState` of ``W_t`` (None until :meth:`measure`, and after :meth:`advance`)."""
+        return self._pending
+
     def measure(self) -> TraceRow:
         """Evaluate ``W_t``: append and return its trace row."""
         t0 = time.perf_counter()
         W = self.site.weight
+        m, n = W.shape
         f, G = self.objective.value_and_gradient(W)
-        X = _Residual(self.site, self._w0_zero)
+        X = Residual(self.site, self._w0_zero)
         gx = X.inner(G)
         ans, gap = None, math.nan
-        if isinstance(self.gap_set, NuclearBall):
-            v0 = self._warm if (getattr(self.oracle, "warm_start", True) and self._warm is not None) else None
+        if self.gap_set.bounded:
+            v0 = self._warm if (self.oracle.warm_start and self._warm is not None) else None
             ans = self.gap_set.lmo(G, method=self.svd, v0=v0, seed=self.seed + self.t)
-            m, n = W.shape
             self._warm = ans.v if m >= n else ans.u
             gap = gx - ans.value
-        self._pending = (G, f, X, gx, ans)
+        self._pending = LinkState(t=self.t, svd_seed=self.seed + self.t, f=f, G=G, X=X, gx=gx, gap_answer=ans,
+                                  gap_is_constraint=self.gap_set is self.constraint, constraint=self.constraint,
+                                  objective=self.objective, chain=self.chain, site=self.site)
         self.elapsed += time.perf_counter() - t0
-        m, n = W.shape
         exact = self.record_rank == "exact" or (self.record_rank == "auto" and min(m, n) <= EXACT_RANK_MAX)
         rank = numerical_rank(X.dense()) if exact else self.rank_bound
         row = TraceRow(iteration=self.t, primal=f, fw_gap=gap, rank=rank, rank_exact=exact, time=self.elapsed,
@@ -244,113 +219,42 @@ class ChainSolver:
         return row
 
     # ------------------------------------------------------------------ stepping
-    def _line(self, G, f, X: _Residual, gx, B: np.ndarray, A: np.ndarray, shrink: float, gamma_max: float) -> Line:
-        Bt, At = _t(B), _t(A)
-        ba2 = float(np.sum((B.T @ B) * (A @ A.T)))
-        bax = float((Bt * X.times(At.t())).double().sum()) if shrink != 0.0 else 0.0
-        x2 = X.norm2() if shrink != 0.0 else 0.0
-        curv, value_at = self.objective.along(self.site.weight, None if self._w0_zero else self.site.initial,
-                                              B, A, shrink)
-        return Line(t=self.t, f=f, slope=G.inner_lowrank(B, A) - shrink * gx,
-                    norm2=max(ba2 - 2 * shrink * bax + shrink * shrink * x2, 0.0), gamma_max=gamma_max,
-                    smoothness=self.objective.smoothness, curvature=curv, value_at=value_at)
-
-    def _fit(self, B: np.ndarray, A: np.ndarray):
-        m, n = self.site.shape
-        if B.shape[1] <= min(m, n):
-            return B, A
-        U, s, V = compress_factors(B, A.T, rtol=0.0, max_rank=min(m, n))
-        return U * s, V.T
-
-    def _merge(self, B, A, gamma, shrink):
-        B, A = self._fit(B, A)
-        self.chain.merge_low_rank([(_t(B), _t(A))], step_size=gamma, shrink=shrink, next_rank=self.oracle.rank)
-
     def advance(self) -> None:
         """Take the step from the last measured iterate: propose, step size, knot, refine."""
         if self._pending is None:
             raise RuntimeError("advance() needs a measure() of the current iterate first")
         t0 = time.perf_counter()
-        G, f, X, gx, ans = self._pending
-        row = self.trace.rows[-1]
-        tau = getattr(self.constraint, "tau", None)
-        if isinstance(self.oracle, InexactOracle):
-            losses = self.oracle.train_link(self.chain, self.site, self.objective, G, tau)
-            self.inner_losses.extend(losses)
-            self.inner_steps += self.oracle.inner_steps
-            B = self.site.lora_B.detach().double().numpy() * self.site.scaling
-            A = self.site.lora_A.detach().double().numpy()
-            shrink = self.constraint.shrink
-            if self.oracle.target == "linear" and ans is not None:
-                row.oracle_error = G.inner_lowrank(B, A) - ans.value
-            line = self._line(G, f, X, gx, B, A, shrink, 1.0 if shrink else math.inf)
-            gamma = self.rule(line)
-            X.release()
-            self.chain.tie_knot(step_size=gamma, shrink=shrink, next_rank=self.oracle.rank)
-            kind, k = "inexact", self.oracle.rank
-            if self.atoms is not None:
-                self.atoms.c *= 1.0 - gamma
-                self._add_atoms(B * gamma, A)
-        else:
-            gamma, kind, k = self._exact_step(G, f, X, gx, ans)
-        if kind in ("fw", "block", "inexact"):
-            self.rank_bound = k if (gamma == 1.0 and self.constraint.shrink == 1.0) else self.rank_bound + k
-        else:
-            self.rank_bound = len(self.atoms)
-        row.step_size, row.direction = gamma, kind
+        state, row = self._pending, self.trace.rows[-1]
+        proposal = self.direction(self.oracle.propose(state), state, self.atoms)
+        gamma = float(self.rule(line_of(state, proposal, self.rule.needs)))
+        state.X.release()
+        self._take(proposal, gamma)
+        self.inner_losses.extend(proposal.losses)
+        self.inner_steps += proposal.steps
+        row.step_size, row.direction, row.oracle_error = gamma, proposal.kind, proposal.oracle_error
         self._pending = None
-        X.release()
         if self.refine is not None:
-            U, s, V, info = self.refine.run(self._model, self.atoms.U, self.atoms.c, self.atoms.V, tau)
-            self.atoms.set_svd(U, s, V)
-            self._merge(U * s, V.T, 1.0, 1.0)
-            self.rank_bound = len(self.atoms)
-            row.refine_steps = info.steps
+            refined = self.refine.propose(self._model, self.atoms)
+            self._take(refined, 1.0)
+            row.refine_steps = refined.steps
         self.t += 1
         self.elapsed += time.perf_counter() - t0
 
-    def _add_atoms(self, B: np.ndarray, A: np.ndarray) -> None:
-        for i in range(B.shape[1]):
-            nb, na = float(np.linalg.norm(B[:, i])), float(np.linalg.norm(A[i]))
-            if nb * na > 0:
-                self.atoms._add(B[:, i] / nb, A[i] / na, nb * na)
-
-    def _exact_step(self, G, f, X, gx, ans):
-        ball = self.constraint
-        if isinstance(self.oracle, BlockLMO):
-            S = self.oracle.solve(G, X.dense(), ball, self.objective.smoothness, seed=self.seed + self.t)
-        elif ans is not None and self.gap_set is ball:
-            S = ans
+    def _take(self, p: Proposal, gamma: float) -> None:
+        """``W <- W + gamma (Delta - rho X)`` by one knot of the chain; then the books (atoms, rank)."""
+        if p.trained:
+            self.chain.tie_knot(step_size=gamma, shrink=p.shrink, next_rank=self.oracle.rank)
         else:
-            S = ball.lmo(G, method=self.oracle.svd, seed=self.seed + self.t)
-        kind = "block" if isinstance(self.oracle, BlockLMO) else "fw"
-        B, A, shrink, gmax, away = S.B, S.A, 1.0, 1.0, None
-        if self.variant != "vanilla":
-            away, away_val = self.atoms.away_atom(G)
-            lam = self.atoms.weight(away)
-            fw_slope = S.value - gx
-            aB, aA = self.atoms.atom_factors(away) if away is not None else (np.zeros((G.shape[0], 1)),
-                                                                                 np.zeros((1, G.shape[1])))
-            if self.variant == "away" and gx - away_val < fw_slope and lam < 1.0 - 1e-12:
-                B, A, shrink, gmax, kind = -aB, aA, -1.0, lam / (1.0 - lam), "away"
-            elif self.variant == "pairwise":
-                if away is not None:
-                    B, A = np.hstack([S.B, -aB]), np.vstack([S.A, aA])
-                shrink, gmax, kind = 0.0, lam, "pairwise"
-        line = self._line(G, f, X, gx, B, A, shrink, gmax)
-        gamma = float(self.rule(line))
-        X.release()
-        self._merge(B, A, gamma, shrink)
+            B, A = p.B, p.A
+            m, n = self.site.shape
+            if B.shape[1] > min(m, n):  # a pairwise step on a one-row matrix, say
+                U, s, V = compress_factors(B, A.T, rtol=0.0, max_rank=min(m, n))
+                B, A = U * s, V.T
+            self.chain.merge_low_rank([(as_tensor(B), as_tensor(A))], step_size=gamma, shrink=p.shrink,
+                                      next_rank=self.oracle.rank)
         if self.atoms is not None:
-            if kind == "away":
-                self.atoms.away_step(away, gamma)
-            elif kind == "pairwise":
-                self.atoms.pairwise_step(away, S.B[:, 0] / ball.tau, S.A[0], gamma)
-            else:
-                self.atoms.c *= 1.0 - gamma
-                self._add_atoms(S.B * gamma, S.A)
-                self.atoms.prune()
-        return gamma, kind, S.B.shape[1]
+            p.book(self.atoms, gamma)
+        self.rank_bound = p.rank_after(self.rank_bound, gamma, self.atoms)
 
     # ------------------------------------------------------------------ the loop
     def run(self, max_iter: int, tol: float | None = 0.0, callback: Callable | None = None,

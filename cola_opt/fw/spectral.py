@@ -14,6 +14,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, svds
 
 __all__ = [
     "DENSE_SVD_MAX",
+    "SVD_METHODS",
     "compress_factors",
     "numerical_rank",
     "project_capped_simplex",
@@ -23,7 +24,8 @@ __all__ = [
 #: ``method="auto"`` uses a dense SVD when ``min(m, n)`` is at most this.
 DENSE_SVD_MAX = 48
 
-_METHODS = ("auto", "dense", "svds", "randomized")
+#: The SVD methods of :func:`top_singular` (and of every oracle's ``svd=`` setting).
+SVD_METHODS = ("auto", "dense", "svds", "randomized")
 
 
 def _as_operator(G):
@@ -82,8 +84,8 @@ def top_singular(G, k: int = 1, *, method: str = "auto", v0: np.ndarray | None =
     Raises:
         ValueError: on a bad ``k`` or ``method``.
     """
-    if method not in _METHODS:
-        raise ValueError(f"svd method {method!r} must be one of {_METHODS}")
+    if method not in SVD_METHODS:
+        raise ValueError(f"svd method {method!r} must be one of {SVD_METHODS}")
     m, n = G.shape
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= min(m, n):
         raise ValueError(f"k = {k!r} singular triplets must be in [1, {min(m, n)}] for a {m}x{n} matrix")

@@ -4,6 +4,16 @@ The driver describes the step's line ``gamma -> W_t + gamma * d`` by a :class:`L
 (slope ``<grad f, d>``, ``||d||^2``, and lazy curvature and values); the rule answers a
 ``gamma`` in ``[0, gamma_max]``. For a Frank-Wolfe direction ``d = S - X`` the slope is
 ``-g_t``, minus the FW gap. This is FrankWolfe.jl's ``perform_line_search``.
+
+A rule's ``needs`` names what it reads from the line beyond ``t``, ``f``, ``slope`` and
+``gamma_max``; the driver checks the objective can provide it before any work, and computes
+only what is needed (``||d||^2`` is a pass over the ``(m, n)`` residual; the values along
+the line cost an objective evaluation each):
+
+* ``"L"``: a smoothness constant (the objective's, unless the rule has its own);
+* ``"curvature"``: ``<d, H d>``, so the objective must be quadratic;
+* ``"value"``: ``f(W_t + gamma d)``;
+* ``"norm2"``: ``||d||_F^2`` (NaN on the line when not needed).
 """
 
 from __future__ import annotations
@@ -15,7 +25,8 @@ from dataclasses import dataclass
 
 from ..checks import integer, real
 
-__all__ = ["Backtracking", "Constant", "ExactLineSearch", "Line", "OpenLoop", "ShortStep", "StepRule", "make_step_rule"]
+__all__ = ["NEEDS", "Backtracking", "Constant", "ExactLineSearch", "Line", "OpenLoop", "ShortStep", "StepRule",
+           "make_step_rule"]
 
 
 @dataclass
@@ -26,11 +37,11 @@ class Line:
         t: 0-based iteration (link) index.
         f: ``phi(0) = f(W_t)``.
         slope: ``phi'(0) = <grad f(W_t), d>``.
-        norm2: ``||d||_F^2``.
+        norm2: ``||d||_F^2`` (NaN unless the rule ``needs`` ``"norm2"``).
         gamma_max: the largest feasible step (1 for a FW step; less for away steps).
         smoothness: the objective's ``L``, or None.
-        curvature: ``() -> <d, H d>`` for quadratics, else None.
-        value_at: ``gamma -> f(W_t + gamma d)``, or None.
+        curvature: ``() -> <d, H d>`` for quadratics, else None (None unless needed).
+        value_at: ``gamma -> f(W_t + gamma d)``, or None (None unless needed).
     """
 
     t: int
@@ -49,10 +60,18 @@ def _clip(gamma: float, gamma_max: float) -> float:
     return min(max(gamma, 0.0), gamma_max)
 
 
-class StepRule:
-    """A step-size rule. ``needs`` names what it uses: ``"L"``, ``"curvature"``, ``"value"``."""
+#: Everything a rule may need from its line (see the module notes).
+NEEDS = ("L", "curvature", "value", "norm2")
 
-    needs: tuple[str, ...] = ()
+
+class StepRule:
+    """A step-size rule. ``needs`` names what it reads (a subset of :data:`NEEDS`).
+
+    The base's ``needs`` is ``("norm2", "value")``, so a rule written elsewhere gets the
+    whole line unless it says it needs less.
+    """
+
+    needs: tuple[str, ...] = ("norm2", "value")
 
     def __call__(self, line: Line) -> float:
         raise NotImplementedError
@@ -70,6 +89,8 @@ class OpenLoop(StepRule):
     Raises:
         ValueError: if ``ell`` is not a finite number ``> 0`` (``inf`` would make every step 0).
     """
+
+    needs = ()
 
     def __init__(self, ell: float = 2.0) -> None:
         self.ell = real(ell, "open-loop parameter ell", above=0)
@@ -94,10 +115,12 @@ class ShortStep(StepRule):
         ValueError: if ``L`` is given and not ``> 0``; at the call, if no ``L`` is known.
     """
 
-    needs = ("L",)
-
     def __init__(self, L: float | None = None) -> None:
         self.L = None if L is None else real(L, "short step L", above=0)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return ("norm2",) if self.L is not None else ("L", "norm2")
 
     def __call__(self, line: Line) -> float:
         L = self.L if self.L is not None else line.smoothness
@@ -153,7 +176,7 @@ class Backtracking(StepRule):
         ValueError: on bad parameters, naming the first.
     """
 
-    needs = ("value",)
+    needs = ("value", "norm2")
 
     def __init__(self, L0: float | None = None, increase: float = 2.0, decrease: float = 0.9, max_tries: int = 60):
         self.L_est = None if L0 is None else real(L0, "Backtracking L0", above=0)
@@ -193,6 +216,8 @@ class Constant(StepRule):
     Raises:
         ValueError: if ``value`` is not finite and ``> 0``.
     """
+
+    needs = ()
 
     def __init__(self, value: float = 1.0) -> None:
         self.value = real(value, "constant step", above=0)

@@ -4,12 +4,14 @@
   :class:`LowRankModel` (``f(W0 + P Q^T)``);
 - :mod:`.smooth`: least squares, indefinite least squares, matrix sensing, multi-response logistic;
 - :mod:`.completion`: matrix completion (squared and Cauchy losses) over observed entries;
+- :mod:`.network`: a two-layer MLP's loss in its first layer (a network layer to fine-tune);
 - :mod:`.problems`: seeded instance generators (a ground truth, a radius, ``f*``);
 - :mod:`.reference`: ``f*`` through cvxpy, and certificates.
 """
 
 from .base import GradientOperator, LowRankModel, Objective
 from .completion import CauchyCompletion, MatrixCompletion
+from .network import TwoLayerMLP
 from .smooth import IndefiniteLeastSquares, MatrixLeastSquares, MatrixSensing, MultiResponseLogistic
 
 __all__ = [
@@ -22,4 +24,5 @@ __all__ = [
     "MatrixSensing",
     "MultiResponseLogistic",
     "Objective",
+    "TwoLayerMLP",
 ]

@@ -25,11 +25,11 @@ from ..checks import finite_array, real_array
 __all__ = [
     "GradientOperator",
     "LowRankModel",
+    "Objective",
     "as_data",
+    "as_float64",
     "check_shape",
     "shape_arg",
-    "Objective",
-    "as_float64",
 ]
 
 

@@ -33,11 +33,11 @@ class _Observed(Objective):
         if rows.size and (rows.min() < 0 or rows.max() >= m or cols.min() < 0 or cols.max() >= n):
             raise ValueError(f"observed indices fall outside the shape {self.shape}")  # checked before the cast
         self.rows, self.cols, self.values = rows.astype(itype, copy=False), cols.astype(itype, copy=False), values
-        self._flat = self.rows.astype(itype) * itype(self.shape[1]) + self.cols
+        self.flat = self.rows.astype(itype) * itype(self.shape[1]) + self.cols  # row-major positions of Omega
         self._vt = torch.from_numpy(self.values)
         self._torch_index = None
         # The CSR pattern is built once; gradients share it with new data (no copies).
-        if self.rows.size and np.all(np.diff(self._flat) > 0):
+        if self.rows.size and np.all(np.diff(self.flat) > 0):
             self._order = None  # already in row-major order, no duplicates
         else:
             self._order = np.lexsort((self.cols, self.rows))
@@ -70,21 +70,30 @@ class _Observed(Objective):
     def value_and_gradient(self, W):
         check_shape(W, self.shape, type(self).__name__)
         w = self.gather(W)
-        return self._from_entries(w), self._sparse(self._grad_entries(w))
+        return self.value_from_entries(w), self.sparse_gradient(self.gradient_entries(w))
 
     def gather(self, W) -> np.ndarray:
         """``W[rows, cols]`` in float64."""
         if isinstance(W, torch.Tensor):
             W = W.detach().cpu().contiguous().numpy()
-        return np.asarray(W).reshape(-1)[self._flat].astype(np.float64)
+        return np.asarray(W).reshape(-1)[self.flat].astype(np.float64)
 
     def residual(self, W) -> np.ndarray:
         return self.gather(W) - self.values
 
-    def _sparse(self, entries: np.ndarray) -> GradientOperator:
+    def value_from_entries(self, w: np.ndarray) -> float:
+        """``f`` from the observed entries ``w = W[rows, cols]`` (float64, ``(|Omega|,)``)."""
+        raise NotImplementedError
+
+    def gradient_entries(self, w: np.ndarray) -> np.ndarray:
+        """The gradient's entries on ``Omega`` from ``w = W[rows, cols]``, ``(|Omega|,)`` float64."""
+        raise NotImplementedError
+
+    def sparse_gradient(self, entries: np.ndarray) -> GradientOperator:
+        """The sparse :class:`GradientOperator` with ``entries`` (``(|Omega|,)``, the support's order) on ``Omega``."""
         data = entries if self._order is None else entries[self._order]
         G = sp.csr_matrix((data, self._indices, self._indptr), shape=self.shape, copy=False)
-        return GradientOperator(sparse=G, rows=self.rows, cols=self.cols, values=entries, flat=self._flat)
+        return GradientOperator(sparse=G, rows=self.rows, cols=self.cols, values=entries, flat=self.flat)
 
     def along(self, W, W0, B, A, shrink):
         w = self.gather(W)
@@ -100,7 +109,7 @@ class _Observed(Objective):
             if W0 is not None:
                 d += shrink * self.gather(W0)
         curv = (lambda: float(np.dot(d, d))) if self.quadratic else None
-        return curv, (lambda g: self._from_entries(w + g * d))
+        return curv, (lambda g: self.value_from_entries(w + g * d))
 
     def lowrank(self, W0) -> LowRankModel:
         return _ObservedLowRank(self, W0)
@@ -136,18 +145,18 @@ class MatrixCompletion(_Observed):
 
     def value(self, W) -> float:
         check_shape(W, self.shape, "MatrixCompletion")
-        return self._from_entries(self.gather(W))
+        return self.value_from_entries(self.gather(W))
 
-    def _from_entries(self, w: np.ndarray) -> float:
+    def value_from_entries(self, w: np.ndarray) -> float:
         r = w - self.values
         return 0.5 * float(np.dot(r, r))
 
-    def _grad_entries(self, w: np.ndarray) -> np.ndarray:
+    def gradient_entries(self, w: np.ndarray) -> np.ndarray:
         return w - self.values
 
     def gradient(self, W) -> GradientOperator:
         check_shape(W, self.shape, "MatrixCompletion")
-        return self._sparse(self.residual(W))
+        return self.sparse_gradient(self.residual(W))
 
     def loss(self, W):
         check_shape(W, self.shape, "MatrixCompletion")
@@ -189,20 +198,20 @@ class CauchyCompletion(_Observed):
 
     def value(self, W) -> float:
         check_shape(W, self.shape, "CauchyCompletion")
-        return self._from_entries(self.gather(W))
+        return self.value_from_entries(self.gather(W))
 
-    def _from_entries(self, w: np.ndarray) -> float:
+    def value_from_entries(self, w: np.ndarray) -> float:
         z = (w - self.values) / self.c
         return 0.5 * self.c**2 * float(np.log1p(z * z).sum())
 
-    def _grad_entries(self, w: np.ndarray) -> np.ndarray:
+    def gradient_entries(self, w: np.ndarray) -> np.ndarray:
         r = w - self.values
         return r / (1.0 + (r / self.c) ** 2)
 
     def gradient(self, W) -> GradientOperator:
         check_shape(W, self.shape, "CauchyCompletion")
         r = self.residual(W)
-        return self._sparse(r / (1.0 + (r / self.c) ** 2))
+        return self.sparse_gradient(r / (1.0 + (r / self.c) ** 2))
 
     def loss(self, W):
         check_shape(W, self.shape, "CauchyCompletion")
@@ -223,20 +232,20 @@ class _ObservedLowRank(LowRankModel):
     def _entries(self, P, Q):
         rows, cols = self.objective.rows, self.objective.cols
         if P.shape[0] * Q.shape[0] <= 4_000_000:  # small: one BLAS product, then a gather
-            return self.w0 + (P @ Q.T).reshape(-1)[self.objective._flat]
+            return self.w0 + (P @ Q.T).reshape(-1)[self.objective.flat]
         s = np.empty(rows.size)
-        step = 1 << 18  # in chunks: P[rows] would be |Omega| x k
+        step = max(1024, (1 << 22) // max(1, P.shape[1]))  # chunks of ~32 MB: P[rows] would be |Omega| x k
         for i in range(0, rows.size, step):
             sl = slice(i, i + step)
             s[sl] = np.einsum("ij,ij->i", P[rows[sl]], Q[cols[sl]])
         return self.w0 + s
 
     def value(self, P, Q) -> float:
-        return self.objective._from_entries(self._entries(P, Q))
+        return self.objective.value_from_entries(self._entries(P, Q))
 
     def gradient(self, P, Q) -> GradientOperator:
-        return self.objective._sparse(self.objective._grad_entries(self._entries(P, Q)))
+        return self.objective.sparse_gradient(self.objective.gradient_entries(self._entries(P, Q)))
 
     def value_and_gradient(self, P, Q):
         w = self._entries(P, Q)
-        return self.objective._from_entries(w), self.objective._sparse(self.objective._grad_entries(w))
+        return self.objective.value_from_entries(w), self.objective.sparse_gradient(self.objective.gradient_entries(w))

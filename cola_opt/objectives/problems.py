@@ -19,6 +19,7 @@ import numpy as np
 from ..checks import integer, real
 from .base import Objective
 from .completion import CauchyCompletion, MatrixCompletion
+from .network import TwoLayerMLP
 from .smooth import IndefiniteLeastSquares, MatrixLeastSquares, MatrixSensing, MultiResponseLogistic
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "matrix_completion",
     "matrix_sensing",
     "multi_response_logistic",
+    "two_layer_mlp",
 ]
 
 
@@ -210,3 +212,31 @@ def multi_response_logistic(m: int, n: int, *, N: int | None = None, rank: int =
     Y = np.where(rng.random((N, n)) < probs, 1.0, -1.0)
     return Problem(MultiResponseLogistic(Z, Y), tau_ratio * nuc, np.zeros((m, n), np.float32), M, f"logistic-{m}x{n}",
                    dict(N=N, rank=rank, tau_ratio=tau_ratio, seed=seed))
+
+
+def two_layer_mlp(d: int, h: int, *, o: int = 3, N: int | None = None, rank: int = 2, shift: float = 1.0,
+                  noise: float = 0.0, seed: int = 0) -> Problem:
+    """Fine-tuning a layer: :class:`TwoLayerMLP` with a "pretrained" start ``W0`` and a shifted teacher.
+
+    ``W0`` ``(h, d)`` has i.i.d. ``N(0, 1/d)`` entries, ``V`` ``(o, h)`` ``N(0, 1/h)``; the targets
+    are the teacher's outputs ``Y = tanh(Z W*^T) V^T (+ noise)`` with ``W* = W0 + shift * M``,
+    ``M`` a rank-``rank`` matrix of unit-variance entries scaled by ``1/sqrt(d)``, on ``N``
+    (default ``8 d``) standard Gaussian inputs. ``W0`` is the start (not zero); ``truth`` is
+    ``W*``; ``tau`` is ``||W* - W0||_*``.
+
+    Raises:
+        ValueError: on a bad size, rank, seed, shift or noise.
+    """
+    N = 8 * d if N is None else N
+    _check(seed, 1.0, d=d, h=h, o=o, N=N, rank=rank)
+    real(shift, "shift", at_least=0)
+    real(noise, "noise", at_least=0)
+    rng = np.random.default_rng(seed)
+    W0 = rng.standard_normal((h, d)) / np.sqrt(d)
+    V = rng.standard_normal((o, h)) / np.sqrt(h)
+    M, nuc = low_rank_matrix(h, d, rank, rng)
+    truth = W0 + shift * M / np.sqrt(d)
+    Z = rng.standard_normal((N, d))
+    Y = np.tanh(Z @ truth.T) @ V.T + noise * rng.standard_normal((N, o))
+    return Problem(TwoLayerMLP(Z, V, Y), shift * nuc / np.sqrt(d), W0.astype(np.float32), truth, f"mlp-{h}x{d}",
+                   dict(o=o, N=N, rank=rank, shift=shift, noise=noise, seed=seed))
