@@ -93,21 +93,24 @@ def matching_modules(model: nn.Module, target_modules: tuple[str, ...]) -> dict[
     return out
 
 
-def _storage_key(p: torch.Tensor) -> object:
-    """Equal for two parameters that share memory (tied weights are one Parameter under
-    two names). Meta tensors (a model built without weights) all have address 0 and
-    sharded DTensors have no single address, so those are keyed by identity."""
-    from ..chain.sites import is_sharded
-
-    return id(p) if p.is_meta or is_sharded(p) else (p.device, p.data_ptr())
-
-
 def _tied_names(model: nn.Module) -> dict[object, list[str]]:
-    """Storage key -> every parameter name that uses it."""
+    """Storage key (:func:`cola_opt.chain.sites.storage_key`) -> every parameter name that uses it."""
+    from ..chain.sites import storage_key
+
     names: dict[object, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(_storage_key(p), []).append(name)
+        names.setdefault(storage_key(p), []).append(name)
     return names
+
+
+def _refuse_tied(tied: dict[object, list[str]], weight: torch.Tensor, what: str) -> None:
+    """Raise if ``weight`` is tied to another parameter (``tied``: :func:`_tied_names`): a merge would change both."""
+    from ..chain.sites import storage_key
+
+    names = tied.get(storage_key(weight), [])
+    if len(names) > 1 and weight.numel() > 0:
+        raise ValueError(f"{what} is tied to {names} (one weight); merging a knot would change both "
+                         "(tied weights, peft #2018)")
 
 
 def _validate_targets(model: nn.Module, settings: LoraSettings) -> None:
@@ -131,12 +134,7 @@ def _validate_targets(model: nn.Module, settings: LoraSettings) -> None:
                              "Linear, GPT-2 Conv1D or Embedding layers")
         if settings.r > min(shape):
             raise ValueError(f"LoRA rank r={settings.r} is larger than layer {name!r} allows ({shape[0]}x{shape[1]})")
-        names = tied.get(_storage_key(module.weight), [])
-        if len(names) > 1:
-            raise ValueError(
-                f"target module {name!r} shares its weight with {names}; merging a knot would change both "
-                "(tied weights, peft #2018)"
-            )
+        _refuse_tied(tied, module.weight, f"target module {name!r}")
 
 
 def check_targets(model: str, settings: LoraSettings, ranks=()) -> None:
@@ -335,13 +333,7 @@ def lora_sites(peft_model: nn.Module, adapter: str = "default", **site_kwargs) -
         sites.append(LoraSite(m, name, adapter, **site_kwargs))
     if not sites:
         raise ValueError("the model holds no PEFT LoRA layer; call inject_lora first")
-    names = _tied_names(peft_model)
+    tied = _tied_names(peft_model)
     for s in sites:
-        w = s.layer.get_base_layer().weight
-        tied = names.get(_storage_key(w), [])
-        if len(tied) > 1 and w.numel() > 0:
-            raise ValueError(
-                f"the weight of LoRA layer {s.name!r} is tied to {tied}; merging a knot would change both "
-                "(tied weights, peft #2018)"
-            )
+        _refuse_tied(tied, s.layer.get_base_layer().weight, f"LoRA layer {s.name!r}")
     return sites
