@@ -39,16 +39,6 @@ def _cfg(model_dir, out: Path, **kw) -> FinetuneConfig:
                              **kw})
 
 
-@pytest.fixture(scope="module")
-def deterministic():
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
-
-
 @pytest.fixture()
 def built(monkeypatch):
     """What :func:`trainer.build_chain` built, and ``hooks(chain)`` to run on the chain before training."""
@@ -75,6 +65,7 @@ def _lora_names(prefix):
 @pytest.mark.parametrize("method,kw,names,numel,knots", [
     ("lora", dict(rank=1), set().union(*map(_lora_names, TARGETS)), 224 * 1, []),  # 2 layers x (q 64 r + v 48 r)
     ("cola", dict(rank=2, chain_length=3), set().union(*map(_lora_names, TARGETS)), 224 * 2, [2, 4]),
+    ("cola", dict(rank=1, chain_length=6), set().union(*map(_lora_names, TARGETS)), 224 * 1, [1, 2, 3, 4, 5]),
     ("relora", dict(rank=4, chain_length=3), set().union(*map(_lora_names, TARGETS)), 224 * 4, [2, 4]),
     ("galore", dict(galore_rank=4), {t.removeprefix("base_model.model.") + ".weight" for t in TARGETS},
      2 * (32 * 32 + 16 * 32), []),
