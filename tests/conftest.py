@@ -48,6 +48,17 @@ def tiny_llama(vocab_size=400):
     return LlamaForCausalLM(cfg)
 
 
+@pytest.fixture(scope="module")
+def deterministic():
+    """Deterministic CPU settings for bit-for-bit comparisons (resume tests): one thread, deterministic algorithms."""
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A local model directory (tiny random Llama + BPE tokenizer) that ``load_model`` reads."""

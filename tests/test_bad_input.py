@@ -60,7 +60,7 @@ def test_output_dir_that_is_a_file_is_refused_up_front(tiny_model_dir, super_glu
     ({"seed": 2**32}, "seed = 4294967296 must be below 2"),
     ({"warmup_steps": -1}, "warmup_steps = -1 must be an integer >= 0"),
     ({"lr": "1e-3"}, "lr = '1e-3' must be a finite number > 0"),
-    ({"method": "lora", "knot_steps": (1,)}, r"knot_steps \[1\] needs method cola, not 'lora'"),
+    ({"method": "lora", "knot_steps": (1,)}, r"knot_steps \[1\] needs a method with knots \(cola, relora\), not 'lora'"),
     ({"device": "cuda:x"}, "device 'cuda:x' must be auto, cpu, cuda or cuda:N"),
 ])
 def test_config_values_are_checked(change, message, tmp_path):

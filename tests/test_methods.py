@@ -7,11 +7,12 @@ from cola_opt.llm.methods import METHODS, get_method, grid_method
 
 
 def test_what_each_method_implies():
-    assert [(m.name, m.trains, m.lora, m.knots) for m in METHODS.values()] == [
-        ("zero-shot", False, False, False), ("lora", True, True, False), ("cola", True, True, True),
-        ("full", True, False, False)]
+    assert [(m.name, m.trains, m.lora, m.knots, m.galore) for m in METHODS.values()] == [
+        ("zero-shot", False, False, False, False), ("lora", True, True, False, False), ("cola", True, True, True, False),
+        ("full", True, False, False, False), ("relora", True, True, True, False), ("galore", True, False, False, True)]
     assert FinetuneConfig(method="full").method_type is METHODS["full"]
-    with pytest.raises(ValueError, match=r"method 'cola3' must be one of \('zero-shot', 'lora', 'cola', 'full'\)"):
+    with pytest.raises(ValueError, match=r"method 'cola3' must be one of \('zero-shot', 'lora', 'cola', 'full', "
+                                         r"'relora', 'galore'\)"):
         get_method("cola3")
 
 
@@ -36,7 +37,9 @@ def test_field_roles_give_the_lists_that_were_kept_by_hand():
     assert set(field_roles("grid", "none")) == {"export_dir", "export_links"}
     assert set(field_roles("late")) == {"nonfinite", "max_consecutive_skips", "bucket_by_length", "fp32_master",
                                         "text_field", "prompt_field", "completion_field", "label_field", "template",
-                                        "candidates", "label_prefix", "chat_template", "text_glob"}
+                                        "candidates", "label_prefix", "chat_template", "text_glob", "relora_reset",
+                                        "lr_schedule", "restart_warmup_steps", "galore_rank", "galore_update_proj_gap",
+                                        "galore_scale", "galore_train_others"}
     shared = FinetuneConfig().shared_settings()
     assert "nonfinite" not in shared and FinetuneConfig(nonfinite="skip").shared_settings()["nonfinite"] == "skip"
     assert not {"data_dir", "device", "eval_batch_size", "checkpoint_every", "resume", "lr", "task"} & set(shared)

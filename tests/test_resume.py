@@ -49,16 +49,6 @@ def _cli_args(model_dir, out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def deterministic():
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
-
-
-@pytest.fixture(scope="module")
 def reference(tiny_model_dir, tmp_path_factory, deterministic):
     """One uninterrupted run: its results and its exported weights."""
     out = tmp_path_factory.mktemp("reference")

@@ -113,7 +113,7 @@ def test_link_ranks_step_down_the_second_link(tiny_model_dir, super_glue_dir, tm
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"method": "lora", "link_ranks": (8,)}, "link_ranks \\[8\\] needs method cola, not 'lora'"),
+    ({"method": "lora", "link_ranks": (8,)}, "link_ranks \\[8\\] needs a method with knots \\(cola, relora\\), not 'lora'"),
     ({"link_ranks": (4, 2)}, r"link_ranks\[0\] = 4 must equal rank = 8"),
     ({"link_ranks": (8, 0)}, r"link_ranks \[8, 0\] must be integers >= 1"),
     ({"link_ranks": (8, 4), "chain_length": 3}, r"link_ranks \[8, 4\] must have one entry per link: 3 links"),

@@ -117,10 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its ``finetune``, ``compare`` and ``grid`` sub-commands."""
     parser = _Parser(prog="cola-opt", description="Chain of LoRA (COLA) fine-tuning and checks.")
     sub = parser.add_subparsers(dest="command", required=True)
-    ft = sub.add_parser("finetune", help="fine-tune with one method (zero-shot, lora or cola)")
+    ft = sub.add_parser("finetune", help="fine-tune with one method (zero-shot, lora, cola, relora, galore or full)")
     _add_config_options(ft)
-    cmp_ = sub.add_parser("compare", help="zero-shot, LoRA and COLA on the same data and seed, as a table")
+    cmp_ = sub.add_parser("compare", help="several methods (default: zero-shot, LoRA and COLA) on the same data and "
+                          "seed, as a table")
     _add_config_options(cmp_, skip=lambda f: f.name == "method")
+    cmp_.add_argument("--methods", type=_csv(str), default=("zero-shot", "lora", "cola"),
+                      help="methods, comma separated: zero-shot, lora, cola, relora, galore, full "
+                      "(default: zero-shot,lora,cola)")
     _add_grid_parser(sub)
     return parser
 
@@ -138,8 +142,9 @@ def _add_grid_parser(sub) -> None:
     add = gr.add_argument
     add("--tasks", type=_csv(str), default=ALL_TASKS, help=f"tasks, comma separated (default: {','.join(ALL_TASKS)})")
     add("--methods", type=_csv(str), default=DEFAULT_METHODS,
-        help="zero-shot, lora, full, cola<N> (N links), stepdown-r<K> (2 links, rank --rank then K); comma "
-        f"separated (default: {','.join(DEFAULT_METHODS)})")
+        help="zero-shot, full, lora, cola<N> (N links), relora<N> (N links, ReLoRA's settings), galore, "
+        "stepdown-r<K> (2 links, rank --rank then K); -r<R> after lora, cola<N>, relora<N> or galore sets that "
+        f"method's rank (alpha = R * lora_alpha / rank); comma separated (default: {','.join(DEFAULT_METHODS)})")
     add("--seeds", type=int, default=5, help="number of seeds; seeds are 0..N-1 (default: 5)")
     add("--lrs", type=_csv(float), default=(5e-4,),
         help="learning rates; several are chosen among on dev at seed 0 (the paper's set: 1e-3,8e-4,5e-4,1e-4,5e-5) "
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             run_grid(grid)
             print((Path(grid.out) / "table.md").read_text())
         elif args.command == "compare":
-            compare(cfg)
+            compare(cfg, methods=args.methods)
         else:
             print(result_line(cfg, finetune(cfg)))
     except (ValueError, FileNotFoundError, ModelLoadError, RuntimeError) as e:

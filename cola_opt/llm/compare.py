@@ -1,4 +1,4 @@
-"""Zero-shot vs LoRA vs COLA (vs full fine-tuning) on one data draw and seed, as a table.
+"""Zero-shot vs LoRA vs COLA (vs ReLoRA, GaLore, full fine-tuning) on one data draw and seed, as a table.
 
 :func:`compare` checks every method's configuration first (:func:`cola_opt.llm.plan.preflight`),
 then runs each through the one trainer (:func:`cola_opt.llm.trainer.finetune`) on the
@@ -62,7 +62,8 @@ def compare(cfg: FinetuneConfig, methods=("zero-shot", "lora", "cola")) -> dict:
 
 
 def method_config(cfg: FinetuneConfig, method: str) -> FinetuneConfig:
-    """``cfg`` for one method of :func:`compare`: knots and link ranks for COLA only, exports in a folder per method.
+    """``cfg`` for one method of :func:`compare`: knots and link ranks for the methods with knots (COLA, ReLoRA) only,
+    exports in a folder per method.
 
     Raises:
         ValueError: on an unknown method name.

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..chain.lr_schedules import LR_SCHEDULES
 from ..chain.reset import make_reset_policy
 from ..chain.schedules import validate_knots
 from ..checks import integer, real
@@ -84,8 +85,9 @@ class FinetuneConfig:
         None, "folder in the official release layout; default: $COLA_DATA_DIR, then ../shared/data/<benchmark>, then HF",
         fingerprint=False,
     )
-    method: str = _f("cola", "zero-shot, lora (chain length 1), cola, or full (full fine-tuning, no LoRA)",
-                     grid="per_run")
+    method: str = _f("cola", "zero-shot, lora (chain length 1), cola, relora (the chain with ReLoRA's optimizer "
+                     "pruning and jagged cosine LR), galore (GaLore on the target weights, no LoRA), or full (full "
+                     "fine-tuning, no LoRA)", grid="per_run")
     seed: int = _f(0, "seed for sampling, initialisation and data order", grid="per_run")
     n_train: int = _f(1000, "training examples drawn from the train split (examples; MeZO protocol)")
     n_dev: int = _f(500, "dev examples: the last n_dev of the train-split draw (examples)")
@@ -98,7 +100,7 @@ class FinetuneConfig:
         "across buckets; false: a plain shuffle per epoch", late=True, before=False,
     )
     grad_accum: int = _f(1, "micro-batches per optimizer step")
-    lr: float = _f(5e-4, "peak learning rate of AdamW, decayed linearly to 0 (per step)", grid="per_run")
+    lr: float = _f(5e-4, "peak learning rate of the optimizer (per step); its schedule: --lr-schedule", grid="per_run")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_steps: int = _f(0, "linear warm-up of the learning rate (optimizer steps)")
     max_grad_norm: float = _f(1.0, "clip the gradient norm to this (0 = off)")
@@ -115,11 +117,33 @@ class FinetuneConfig:
     lora_dropout: float = _f(0.0, "dropout on the LoRA input (probability)")
     target_modules: tuple[str, ...] = _f(("q_proj", "v_proj"), "modules to adapt, comma separated (name suffixes)")
     bias: str = _f("none", "PEFT bias: none, all or lora_only (the paper's OPT runs train biases)")
-    optimizer_reset: str = _f("full", "optimizer state at a knot: full, keep, prune:<ratio>[:random]")
+    optimizer_reset: str = _f("full", "optimizer state at a knot of method cola: full, keep, prune:<ratio>[:random]")
+    relora_reset: str = _f(
+        "prune:0.99", "optimizer state at a knot of method relora: prune:<ratio>[:random], keep or full (ReLoRA's: "
+        "prune:0.99, the 99 in 100 smallest entries of each state tensor zeroed)", late=True,
+    )
+    lr_schedule: str | None = _f(
+        None, "linear (warm-up, then linear decay to 0; COLA) or jagged-cosine (warm-up, cosine to 0.1 x lr, re-warmed "
+        "from 0 after every knot; ReLoRA); none: the method's (jagged-cosine for relora, linear otherwise)", late=True,
+    )
+    restart_warmup_steps: int | None = _f(
+        None, "with jagged-cosine: re-warm-up after each knot (optimizer steps; none: a twentieth of the shortest link)",
+        late=True,
+    )
+    galore_rank: int = _f(128, "method galore: rank of the gradient projection (GaLore's r)", late=True)
+    galore_update_proj_gap: int = _f(
+        200, "method galore: optimizer steps between two SVDs of the gradient (GaLore's T)", late=True
+    )
+    galore_scale: float = _f(0.25, "method galore: factor on the projected-back update (GaLore's alpha)", late=True)
+    galore_train_others: bool = _f(
+        False, "method galore: also train every weight outside target_modules with plain Adam (GaLore's scripts); "
+        "false: freeze them", late=True,
+    )
     max_length: int = _f(
         256, "most tokens per prompt plus answer, longer prompts lose their start, counted and warned about; for "
-        "--task text, tokens per packed block (tokens; with SmolLM2, 256 cuts 75-78%% of MultiRC prompts and a few of RTE and CB; 1024 cuts none of the release files "
-        "measured, and costs short tasks nothing, as batches pad to their longest item: docs/tasks.md)",
+        "--task text, tokens per packed block (tokens; with SmolLM2, 256 cuts 75-78%% of MultiRC prompts and a few "
+        "of RTE and CB; 1024 cuts none of the release files measured, and costs short tasks nothing, as batches pad "
+        "to their longest item: docs/tasks.md)",
     )
     eval_batch_size: int = _f(16, "examples per evaluation batch (examples)", fingerprint=False)
     device: str = _f("auto", "auto, cpu, cuda or cuda:N", fingerprint=False)
@@ -234,6 +258,8 @@ class FinetuneConfig:
         _check_output_dir(self.output_dir)
         self._validate_chain(method)
         make_reset_policy(self.optimizer_reset)
+        make_reset_policy(self.relora_reset)
+        self._validate_schedule_and_galore()
         if self.dtype not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"dtype {self.dtype!r} must be fp32, bf16 or fp16")
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
@@ -282,7 +308,8 @@ class FinetuneConfig:
     def _validate_chain(self, method: Method) -> None:
         """Chain length, knots, LoRA settings and link ranks."""
         if not method.knots and self.knot_steps is not None:
-            raise ValueError(f"knot_steps {list(self.knot_steps)} needs method cola, not {self.method!r}")
+            raise ValueError(f"knot_steps {list(self.knot_steps)} needs a method with knots (cola, relora), "
+                             f"not {self.method!r}")
         check_chain_length(self.chain_length)
         if not method.knots:
             self.chain_length = 1  # one link (lora, full) or none (zero-shot): record what runs
@@ -292,11 +319,24 @@ class FinetuneConfig:
         if self.link_ranks is not None:
             self.link_ranks = tuple(self.link_ranks)
             if not method.knots:
-                raise ValueError(f"link_ranks {list(self.link_ranks)} needs method cola, not {self.method!r}")
+                raise ValueError(f"link_ranks {list(self.link_ranks)} needs a method with knots (cola, relora), "
+                                 f"not {self.method!r}")
             if not self.link_ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.link_ranks):
                 raise ValueError(f"link_ranks {list(self.link_ranks)} must be integers >= 1")
             if self.link_ranks[0] != self.rank:
                 raise ValueError(f"link_ranks[0] = {self.link_ranks[0]} must equal rank = {self.rank} (the first link's rank)")
+
+    def _validate_schedule_and_galore(self) -> None:
+        """LR schedule, re-warm-up and GaLore settings (checked whatever the method, so a grid's base is whole)."""
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule {self.lr_schedule!r} must be one of {LR_SCHEDULES} or none (the method's)")
+        if self.restart_warmup_steps is not None:
+            integer(self.restart_warmup_steps, "restart_warmup_steps", 0)
+        integer(self.galore_rank, "galore_rank", 1)
+        integer(self.galore_update_proj_gap, "galore_update_proj_gap", 1)
+        real(self.galore_scale, "galore_scale", above=0.0)
+        if not isinstance(self.galore_train_others, bool):
+            raise ValueError(f"galore_train_others must be true or false, got {self.galore_train_others!r}")
 
     def _validate_robustness(self, method: Method) -> None:
         """Checkpoint, resume, non-finite and export fields."""
@@ -318,7 +358,8 @@ class FinetuneConfig:
         if not method.trains and (self.export_dir or self.export_links):
             raise ValueError(f"export_dir and export_links need a trained method; method {self.method} trains nothing")
         if not method.lora and self.export_links:
-            raise ValueError(f"export_links needs a LoRA method (lora or cola); method {self.method} has no links")
+            raise ValueError(f"export_links needs a LoRA method (lora, cola or relora); method {self.method} has no "
+                             "links")
         if self.export_dir and self.export_links:
             d, links = Path(self.export_dir).resolve(), Path(self.export_links).resolve()
             if links == d or d in links.parents or links in d.parents:
@@ -339,6 +380,16 @@ class FinetuneConfig:
             ValueError: on an unknown method name.
         """
         return get_method(self.method)
+
+    @property
+    def schedule(self) -> str:
+        """The LR schedule the run uses: :attr:`lr_schedule`, or the method's when that is ``None``."""
+        return self.lr_schedule or self.method_type.lr_schedule
+
+    @property
+    def knot_reset(self) -> str:
+        """The optimizer reset at a knot: ``relora_reset`` for relora, ``optimizer_reset`` otherwise (the method's field)."""
+        return getattr(self, self.method_type.reset_field)
 
     @property
     def run_dir(self) -> Path:

@@ -8,15 +8,26 @@ MeZO sampling). This module says what the grid runs (:func:`search_runs`,
 Grid methods (:func:`cola_opt.llm.methods.grid_method`; each a
 :class:`~cola_opt.llm.config.FinetuneConfig` change):
 
-==================  =====================================================================
-``zero-shot``       no training
-``lora``            one link (LoRA)
-``cola<N>``         COLA, ``N >= 2`` links, knots evenly spaced (the paper: 2 and 3)
-``stepdown-r<K>``   COLA, 2 links: rank ``--rank`` for the first ``stepdown_at`` of the
-                    steps, then rank ``K`` (the paper: r = 8 for 3 of 5 epochs, then
-                    K in {2, 4, 6, 8})
-``full``            full fine-tuning (every weight, no LoRA)
-==================  =====================================================================
+====================  =====================================================================
+``zero-shot``         no training
+``lora``              one link (LoRA)
+``cola<N>``           COLA, ``N >= 2`` links, knots evenly spaced (the paper: 2 and 3)
+``relora<N>``         ReLoRA's settings on ``N >= 2`` links: the optimizer state pruned at
+                      each knot (``relora_reset``), the LR a jagged cosine
+``galore``            GaLore on the target weights (rank ``--galore-rank``), no LoRA
+``stepdown-r<K>``     COLA, 2 links: rank ``--rank`` for the first ``stepdown_at`` of the
+                      steps, then rank ``K`` (the paper: r = 8 for 3 of 5 epochs, then
+                      K in {2, 4, 6, 8})
+``full``              full fine-tuning (every weight, no LoRA)
+====================  =====================================================================
+
+A ``-r<R>`` suffix on ``lora``, ``cola<N>``, ``relora<N>`` and ``galore`` fixes the rank of
+that method: ``lora-r64``, ``cola4-r8``, ``cola8-r1``, ``relora4-r8``, ``galore-r8``. For
+the LoRA methods it sets ``rank = R`` and ``lora_alpha = R * (lora_alpha / rank)`` of the
+grid, so the scaling ``alpha / r`` is the grid's at every rank (2 with the defaults,
+``alpha = 2r``: COLA's r = 8, alpha = 16; rsLoRA's ``alpha / sqrt(r)`` is not used). For
+``galore`` it sets ``galore_rank = R``. Without a suffix a method runs at the grid's
+``--rank`` (``--galore-rank``).
 
 Learning rate (optional selection on dev): with several ``lrs``, each trained method
 (``lr_select="method"``) or LoRA alone, whose choice all methods then share
@@ -139,13 +150,15 @@ class GridConfig:
         return {**{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, "base": self.base.to_dict()}
 
 
-def method_changes(method: str, rank: int) -> dict:
-    """The :class:`FinetuneConfig` fields that grid method ``method`` sets (:meth:`GridMethod.changes`).
+def method_changes(method: str, rank: int, lora_alpha: float | None = None) -> dict:
+    """The :class:`FinetuneConfig` fields that grid method ``method`` sets, given the grid's rank and alpha.
+
+    See :meth:`cola_opt.llm.methods.GridMethod.changes` (``lora_alpha=None``: ``2 * rank``).
 
     Raises:
         ValueError: on an unknown name, listing the accepted forms.
     """
-    return grid_method(method).changes(rank)
+    return grid_method(method).changes(rank, lora_alpha)
 
 
 @dataclass(frozen=True)
@@ -223,7 +236,7 @@ def run_config(grid: GridConfig, run: Run, splits: Splits) -> FinetuneConfig:
         n_dev=min(grid.base.n_dev, dev_cap(run.task)),
         output_dir=str(Path(grid.out) / "runs" / run.run_id.replace("/", "_")),
         progress=False,
-        **gm.changes(grid.base.rank),
+        **gm.changes(grid.base.rank, grid.base.lora_alpha),
     )
     if gm.stepdown:
         _, total, _ = plan_steps(cfg.replace(method="lora", link_ranks=None), train_items(cfg, splits))

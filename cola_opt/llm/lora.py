@@ -18,7 +18,8 @@ from ..chain.sites import Site, local_part
 from ..checks import real
 from .models import QUANTIZED_HINT, quantized_weight
 
-__all__ = ["LoraSettings", "LoraSite", "check_targets", "inject_lora", "lora_sites", "matching_modules"]
+__all__ = ["LoraSettings", "LoraSite", "check_targets", "inject_lora", "lora_sites", "matching_modules",
+           "model_skeleton"]
 
 _BIAS_CHOICES = ("none", "all", "lora_only")
 
@@ -137,6 +138,34 @@ def _validate_targets(model: nn.Module, settings: LoraSettings) -> None:
         _refuse_tied(tied, module.weight, f"target module {name!r}")
 
 
+def model_skeleton(model: str) -> nn.Module:
+    """A model's architecture without its weights: built on the meta device from its config alone.
+
+    Well under a second, even for 7B models.
+
+    Args:
+        model: built-in name, local directory or hub id (see :mod:`cola_opt.llm.models`).
+
+    Raises:
+        ValueError: if the model's config declares a quantization
+            (:func:`cola_opt.llm.models.check_float_model`).
+        cola_opt.llm.models.ModelLoadError: if the model's config cannot be read.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .models import ModelLoadError, check_float_model, resolve_model_dir
+
+    check_float_model(model)
+    path = resolve_model_dir(model)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read the config of model {model!r}: {e}") from e
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config)
+
+
 def check_targets(model: str, settings: LoraSettings, ranks=()) -> None:
     """Check ``target_modules`` and every rank against a model's architecture, without its weights.
 
@@ -155,20 +184,7 @@ def check_targets(model: str, settings: LoraSettings, ranks=()) -> None:
     """
     import dataclasses
 
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .models import ModelLoadError, check_float_model, resolve_model_dir
-
-    check_float_model(model)
-    path = resolve_model_dir(model)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot read the config of model {model!r}: {e}") from e
-    with init_empty_weights():
-        skeleton = AutoModelForCausalLM.from_config(config)
-
+    skeleton = model_skeleton(model)
     for r in sorted({settings.r, *ranks}):
         _validate_targets(skeleton, dataclasses.replace(settings, r=r))
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..chain.lr_schedules import check_lr_schedule
 from ..chain.schedules import uniform_knots, validate_knots
 from .config import FinetuneConfig
+from .galore import check_galore_targets
 from .lm_plan import train_items
 from .lora import check_targets
 from .models import check_float_model
@@ -45,8 +47,8 @@ def plan_steps(cfg: FinetuneConfig, n_train: int) -> tuple[int, int, tuple[int, 
 
     Steps per epoch are ``ceil(n_train / (batch_size * grad_accum))``; the total is
     ``epochs`` times that, or ``max_steps``. A method that ties no knots (``lora``,
-    ``full``, ``zero-shot``) has none; ``cola`` uses ``knot_steps`` if given, else
-    ``chain_length`` even links.
+    ``galore``, ``full``, ``zero-shot``) has none; ``cola`` and ``relora`` use
+    ``knot_steps`` if given, else ``chain_length`` even links.
 
     Raises:
         ValueError: if the knots do not fit in the run (more links than steps, or a
@@ -56,9 +58,6 @@ def plan_steps(cfg: FinetuneConfig, n_train: int) -> tuple[int, int, tuple[int, 
     """
     per_epoch = math.ceil(n_train / (cfg.batch_size * cfg.grad_accum))
     total = cfg.max_steps if cfg.max_steps is not None else per_epoch * cfg.epochs
-    if cfg.method_type.trains and cfg.warmup_steps >= total > 0:
-        raise ValueError(f"warmup_steps={cfg.warmup_steps} is not shorter than the run ({total} optimizer steps): "
-                         "the learning rate would never reach --lr; lower --warmup-steps")
     if not cfg.method_type.knots:
         return per_epoch, total, ()
     if cfg.knot_steps is not None:
@@ -100,8 +99,9 @@ def preflight(cfg: FinetuneConfig, splits: Splits | None = None) -> Plan:
             draws them.
 
     Raises:
-        ValueError: a bad value, knots that do not fit, LoRA targets that match nothing
-            or a rank too large for a layer, naming the value; a language-model example
+        ValueError: a bad value, knots that do not fit, LoRA (or GaLore) targets that
+            match nothing or a rank too large for a layer, an LR schedule whose warm-up or
+            re-warm-up does not fit the run, naming the value; a language-model example
             that does not fit ``max_length`` (:func:`cola_opt.llm.lm_plan.train_items`).
         FileNotFoundError, RuntimeError: the data cannot be found or read.
         cola_opt.llm.models.ModelLoadError: the model's config cannot be read.
@@ -113,6 +113,10 @@ def preflight(cfg: FinetuneConfig, splits: Splits | None = None) -> Plan:
     method = cfg.method_type
     if method.lora:
         check_targets(cfg.model, cfg.lora_settings(), cfg.link_ranks or ())
+    elif method.galore:
+        check_galore_targets(cfg.model, cfg.target_modules)
     elif method.trains:
         check_float_model(cfg.model)  # a quantized base cannot be trained in full either
+    if method.trains:
+        check_lr_schedule(cfg.schedule, total, knots, cfg.warmup_steps, cfg.restart_warmup_steps)
     return Plan(splits, per_epoch, total if method.trains else 0, knots)

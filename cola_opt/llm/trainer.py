@@ -3,9 +3,9 @@
 :func:`finetune` reads top to bottom: the pre-flight (validate, draw the data, plan the
 steps, check the LoRA targets: :func:`cola_opt.llm.plan.preflight`), the run lock and
 the resume point, the model, the objective and its encoded splits, then for a trained
-method the chain (LoRA injected through PEFT, AdamW wrapped in a
-:class:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer` whose knots are the chain,
-the linear LR schedule of ``transformers``) and the training loop
+method the chain (:func:`build_chain`: LoRA injected through PEFT, AdamW wrapped in a
+:class:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer` whose knots are the chain, or
+GaLore's or full fine-tuning's optimizer alone; the LR schedule) and the training loop
 (:class:`cola_opt.llm.loop.TrainingLoop`), then the test evaluation, ``results.json``
 and the export.
 
@@ -27,11 +27,13 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_save_json
+from ..chain.lr_schedules import make_lr_schedule
 from ..chain.optimizer import ResidualLowRankOptimizer
 from .batching import BatchOrder, bucketed_batches, shuffled_batches
 from .checkpoint import CHECKPOINT_DIR, remove_checkpoints
 from .config import FinetuneConfig
 from .export import export_full, export_merged
+from .galore import galore_optimizer
 from .lm_objective import language_objective
 from .locks import run_lock
 from .loop import TrainingLoop
@@ -89,8 +91,8 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
     by running the same command again.
 
     Args:
-        cfg: the configuration; ``cfg.method`` picks zero-shot, LoRA, COLA or full
-            fine-tuning (every weight trained by AdamW, no LoRA, no knots).
+        cfg: the configuration; ``cfg.method`` picks zero-shot, LoRA, COLA, ReLoRA, GaLore
+            or full fine-tuning (:mod:`cola_opt.llm.methods`, :func:`build_chain`).
         splits: pre-sampled data (``compare`` shares one draw); ``None`` samples it.
 
     Returns:
@@ -228,13 +230,14 @@ def _test_result(cfg: FinetuneConfig, test: dict, examples: list) -> dict:
 
 
 class FullFinetuning:
-    """Full fine-tuning's stand-in for a chain: the inner optimizer alone, with a chain's counters.
+    """The stand-in for a chain of the methods without LoRA (full, galore): the inner optimizer alone, with a chain's counters.
 
     One link, no knots: ``step()`` steps the optimizer, ``advance()`` counts a skipped
     step; ``state_dict()`` / ``load_state_dict()`` hold the optimizer state and the count.
 
     Args:
-        optimizer: the inner optimizer over every weight.
+        optimizer: the inner optimizer over the trained weights (every weight for full
+            fine-tuning; GaLore's targets, and maybe the rest, for galore).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
@@ -259,26 +262,44 @@ class FullFinetuning:
 
 
 def build_chain(cfg: FinetuneConfig, model, total_steps: int, knots: tuple[int, ...]):
-    """``(model, chain, scheduler)`` for a trained method.
+    """``(model, chain, scheduler)`` for a trained method (``cfg.method_type``).
 
-    LoRA methods: PEFT LoRA injected, AdamW over the factors (and trained biases)
-    wrapped in a :class:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer` with the
-    knots ``knots`` and ``cfg.link_ranks``; full fine-tuning: AdamW over every weight
-    (:class:`FullFinetuning`). The LR decays linearly to 0 at ``total_steps`` after
-    ``cfg.warmup_steps`` of warm-up (``transformers.get_linear_schedule_with_warmup``;
-    COLA, Section 5), ignoring the knots.
+    - LoRA methods (``lora``, ``cola``, ``relora``): PEFT LoRA injected, AdamW over the
+      factors (and trained biases) wrapped in a
+      :class:`~cola_opt.chain.optimizer.ResidualLowRankOptimizer` with the knots
+      ``knots``, ``cfg.link_ranks`` and the method's reset at a knot (``cfg.knot_reset``:
+      ``optimizer_reset``, or ``relora_reset`` for ReLoRA).
+    - ``galore``: ``galore_torch.GaLoreAdamW`` on the 2-D weights of ``cfg.target_modules``,
+      every other weight frozen unless ``cfg.galore_train_others``
+      (:func:`cola_opt.llm.galore.galore_optimizer`), in a :class:`FullFinetuning` stand-in.
+    - ``full``: AdamW over every weight (:class:`FullFinetuning`).
+
+    The LR schedule is ``cfg.schedule`` (:func:`cola_opt.chain.lr_schedules.make_lr_schedule`):
+    ``"linear"`` decays linearly to 0 at ``total_steps`` after ``cfg.warmup_steps`` of warm-up,
+    ignoring the knots (COLA, Section 5); ``"jagged-cosine"`` is ReLoRA's cosine, re-warmed
+    from 0 for ``cfg.restart_warmup_steps`` after every knot.
+
+    Raises:
+        ValueError: GaLore targets that match nothing, or a schedule that does not fit
+            (both already refused by the pre-flight, :func:`cola_opt.llm.plan.preflight`).
     """
-    from transformers import get_linear_schedule_with_warmup
-
-    if cfg.method_type.lora:
+    method = cfg.method_type
+    if method.lora:
         model = inject_lora(model, cfg.lora_settings())
-    params = [p for p in model.parameters() if p.requires_grad]
-    inner = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = get_linear_schedule_with_warmup(inner, cfg.warmup_steps, total_steps)
-    if not cfg.method_type.lora:
+    if method.galore:
+        inner = galore_optimizer(model, target_modules=cfg.target_modules, rank=cfg.galore_rank,
+                                 update_proj_gap=cfg.galore_update_proj_gap, scale=cfg.galore_scale, lr=cfg.lr,
+                                 weight_decay=cfg.weight_decay, train_others=cfg.galore_train_others)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        inner = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = make_lr_schedule(cfg.schedule, inner, total_steps=total_steps, knot_steps=knots,
+                             warmup_steps=cfg.warmup_steps, restart_warmup_steps=cfg.restart_warmup_steps)
+    if not method.lora:
         return model, FullFinetuning(inner), sched
     chain = ResidualLowRankOptimizer(
-        lora_sites(model, fp32_master=cfg.fp32_master), inner, knot_steps=knots, ranks=cfg.link_ranks, reset=cfg.optimizer_reset, seed=cfg.seed
+        lora_sites(model, fp32_master=cfg.fp32_master), inner, knot_steps=knots, ranks=cfg.link_ranks,
+        reset=cfg.knot_reset, seed=cfg.seed,
     )
     return model, chain, sched
 
