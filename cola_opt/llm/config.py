@@ -19,32 +19,24 @@ builds its options from them, so the two cannot drift apart. The roles:
   keeps the behaviour of the time before it existed (``before``, by default the field's
   default), so old grids still resume, and a grid that uses the new behaviour does not
   take old runs for its own.
+
+The checks of :meth:`FinetuneConfig.validate` live in :mod:`cola_opt.llm.config_checks`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..chain.lr_schedules import LR_SCHEDULES
-from ..chain.reset import make_reset_policy
-from ..chain.schedules import validate_knots
-from ..checks import integer, real
-from .export import check_export_target
-from .guard import GUARD_POLICIES
+from .config_checks import RESUME_MODES, USER_TASK_OPTIONS, check_chain_length, validate_config
 from .lora import LoraSettings
 from .methods import Method, get_method
-from .models import check_model_name
 from .precision import resolve_autocast
-from .tasks import UserData, is_user_task, task_name
+from .tasks import UserData
 
 __all__ = ["RESUMABLE_CHANGES", "RESUME_MODES", "USER_TASK_OPTIONS", "FinetuneConfig", "check_chain_length",
            "field_roles", "with_late_defaults"]
-
-RESUME_MODES = ("auto", "require", "never")
 
 
 _DEFAULT = object()
@@ -55,17 +47,6 @@ def _f(default, help: str, *, fingerprint: bool = True, resumable: bool | None =
     roles = {"fingerprint": fingerprint, "resumable": not fingerprint if resumable is None else resumable,
              "grid": grid, "late": late, "before": default if before is _DEFAULT else before}
     return field(default=default, metadata={"help": help, **roles})
-
-
-def check_chain_length(value) -> int:
-    """``value`` if it is a number of links (an integer ``>= 1``, not bool).
-
-    Raises:
-        ValueError: naming the value.
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"chain_length must be an integer >= 1, got {value!r}")
-    return value
 
 
 @dataclass
@@ -233,144 +214,12 @@ class FinetuneConfig:
         Raises:
             ValueError: naming the first bad value.
         """
-        self._validate_task()
-        method = get_method(self.method)
-        check_model_name(self.model)
-        for name in ("n_train", "n_test", "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length"):
-            integer(getattr(self, name), name, 1)
-        integer(self.n_dev, "n_dev", 0)
-        integer(self.warmup_steps, "warmup_steps", 0)
-        if integer(self.seed, "seed", 0) >= 2**32:
-            raise ValueError(f"seed = {self.seed!r} must be below 2**32")
-        if self.max_steps is not None:
-            integer(self.max_steps, "max_steps", 1)
-        real(self.lr, "lr", above=0.0)
-        real(self.weight_decay, "weight_decay", at_least=0.0)
-        real(self.max_grad_norm, "max_grad_norm", at_least=0.0)
-        for name in ("data_dir", "output_dir", "export_dir", "export_links"):  # Path objects become strings
-            v = getattr(self, name)
-            if v is not None and not isinstance(v, str):
-                if not isinstance(v, os.PathLike):
-                    raise ValueError(f"{name} must be a path, got {v!r}")
-                setattr(self, name, os.fspath(v))
-        if not self.output_dir:
-            raise ValueError("output_dir is empty")
-        _check_output_dir(self.output_dir)
-        self._validate_chain(method)
-        make_reset_policy(self.optimizer_reset)
-        make_reset_policy(self.relora_reset)
-        self._validate_schedule_and_galore()
-        if self.dtype not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"dtype {self.dtype!r} must be fp32, bf16 or fp16")
-        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
-        self.autocast = resolve_autocast(self.autocast, self.device)  # what runs, never "auto", is fingerprinted
-        self._validate_robustness(method)
-        self._validate_precision(method)
-
-    def _validate_precision(self, method: Method) -> None:
-        """The fp32 master copy: only over low-precision LoRA weights, and not with checkpoints."""
-        if not isinstance(self.fp32_master, bool):
-            raise ValueError(f"fp32_master must be true or false, got {self.fp32_master!r}")
-        if not self.fp32_master:
-            return
-        if self.dtype == "fp32":
-            raise ValueError("fp32_master needs --dtype bf16 or fp16: with dtype 'fp32' the weights are their own "
-                             "fp32 master")
-        if method.trains and not method.lora:
-            raise ValueError(f"fp32_master keeps the LoRA-adapted weights through the knots; method {self.method!r} "
-                             "trains every weight with AdamW and has none")
-        if self.checkpoint_every > 0:
-            raise ValueError(f"fp32_master with checkpoint_every={self.checkpoint_every}: the master copy is not in "
-                             "the checkpoint, so a resume would merge into a stale one; pass --checkpoint-every 0")
-
-    def _validate_task(self) -> None:
-        """The task; the options of a user's data (only with a user task, :data:`USER_TASK_OPTIONS`)."""
-        if is_user_task(self.task):
-            if self.candidates is not None and not isinstance(self.candidates, str):
-                self.candidates = tuple(self.candidates)
-            self.user_data().validate()
-            if self.chat_template and self.task != "completion":
-                raise ValueError(f"chat_template needs --task completion, not {self.task!r}")
-            return
-        task_name(self.task)
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name in USER_TASK_OPTIONS:
-            if getattr(self, name) != defaults[name]:
-                raise ValueError(f"{name} {getattr(self, name)!r} is an option of your own data: it needs --task text, "
-                                 f"completion or classification, and task {self.task!r} is built in")
+        validate_config(self)
 
     def user_data(self) -> UserData:
         """The user-data part of the config (:class:`~cola_opt.llm.tasks.user.UserData`), for a user task."""
         return UserData(task=self.task, **{name: getattr(self, name) for name in USER_TASK_OPTIONS
                                            if name != "chat_template"})
-
-    def _validate_chain(self, method: Method) -> None:
-        """Chain length, knots, LoRA settings and link ranks."""
-        if not method.knots and self.knot_steps is not None:
-            raise ValueError(f"knot_steps {list(self.knot_steps)} needs a method with knots (cola, relora), "
-                             f"not {self.method!r}")
-        check_chain_length(self.chain_length)
-        if not method.knots:
-            self.chain_length = 1  # one link (lora, full) or none (zero-shot): record what runs
-        if self.knot_steps is not None:
-            self.knot_steps = validate_knots(self.knot_steps)
-        self.lora_settings()  # checks rank, alpha, dropout, target_modules and bias
-        if self.link_ranks is not None:
-            self.link_ranks = tuple(self.link_ranks)
-            if not method.knots:
-                raise ValueError(f"link_ranks {list(self.link_ranks)} needs a method with knots (cola, relora), "
-                                 f"not {self.method!r}")
-            if not self.link_ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.link_ranks):
-                raise ValueError(f"link_ranks {list(self.link_ranks)} must be integers >= 1")
-            if self.link_ranks[0] != self.rank:
-                raise ValueError(f"link_ranks[0] = {self.link_ranks[0]} must equal rank = {self.rank} (the first link's rank)")
-
-    def _validate_schedule_and_galore(self) -> None:
-        """LR schedule, re-warm-up and GaLore settings (checked whatever the method, so a grid's base is whole)."""
-        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule {self.lr_schedule!r} must be one of {LR_SCHEDULES} or none (the method's)")
-        if self.restart_warmup_steps is not None:
-            integer(self.restart_warmup_steps, "restart_warmup_steps", 0)
-        integer(self.galore_rank, "galore_rank", 1)
-        integer(self.galore_update_proj_gap, "galore_update_proj_gap", 1)
-        real(self.galore_scale, "galore_scale", above=0.0)
-        if not isinstance(self.galore_train_others, bool):
-            raise ValueError(f"galore_train_others must be true or false, got {self.galore_train_others!r}")
-
-    def _validate_robustness(self, method: Method) -> None:
-        """Checkpoint, resume, non-finite and export fields."""
-        c = self.checkpoint_every
-        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-            raise ValueError(f"checkpoint_every must be an integer >= 0 (optimizer steps; 0 = off), got {c!r}")
-        if self.resume not in RESUME_MODES:
-            raise ValueError(f"resume {self.resume!r} must be one of {RESUME_MODES}")
-        if self.nonfinite not in GUARD_POLICIES:
-            raise ValueError(f"nonfinite {self.nonfinite!r} must be one of {GUARD_POLICIES}")
-        integer(self.max_consecutive_skips, "max_consecutive_skips", 1)
-        if not isinstance(self.update_rank, bool):
-            raise ValueError(f"update_rank must be true or false, got {self.update_rank!r}")
-        if self.update_rank and not method.trains:
-            raise ValueError(f"update_rank measures what training changed; method {self.method!r} trains nothing")
-        if self.update_rank and self.checkpoint_every > 0:
-            raise ValueError(f"update_rank with checkpoint_every={self.checkpoint_every}: the ranks of the links before "
-                             "a resume are not in the checkpoint; pass --checkpoint-every 0")
-        if not method.trains and (self.export_dir or self.export_links):
-            raise ValueError(f"export_dir and export_links need a trained method; method {self.method} trains nothing")
-        if not method.lora and self.export_links:
-            raise ValueError(f"export_links needs a LoRA method (lora, cola or relora); method {self.method} has no "
-                             "links")
-        if self.export_dir and self.export_links:
-            d, links = Path(self.export_dir).resolve(), Path(self.export_links).resolve()
-            if links == d or d in links.parents or links in d.parents:
-                raise ValueError(
-                    f"export_links {self.export_links!r} must lie outside export_dir {self.export_dir!r}, and "
-                    "export_dir outside export_links: the export replaces its directory as a whole"
-                )
-        for name in ("export_dir", "export_links"):
-            if getattr(self, name):
-                check_export_target(getattr(self, name), name, output_dir=self.output_dir, run_dir=self.run_dir,
-                                    links=name == "export_links")
 
     @property
     def method_type(self) -> Method:
@@ -454,21 +303,3 @@ def with_late_defaults(saved: dict) -> dict:
 
 # fields a resumed run (or a finished run read back) may change: they do not change the trained weights
 RESUMABLE_CHANGES = field_roles("resumable")
-
-# the options of a user's data (docs/data.md), refused with a built-in task
-USER_TASK_OPTIONS = ("train_file", "dev_file", "test_file", "text_field", "prompt_field", "completion_field",
-                     "label_field", "template", "candidates", "label_prefix", "chat_template", "text_glob")
-
-
-def _check_output_dir(path: str) -> None:
-    """Refuse an output folder that is a file or cannot be created; creates nothing."""
-    p = Path(path).expanduser().absolute()
-    if p.exists():
-        if not p.is_dir():
-            raise ValueError(f"output_dir {path!r} is a file, not a folder")
-        if not os.access(p, os.W_OK):
-            raise ValueError(f"output_dir {path!r} is not writable")
-        return
-    parent = next(q for q in p.parents if q.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ValueError(f"output_dir {path!r} cannot be created: {str(parent)!r} is not a writable folder")
