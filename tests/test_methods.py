@@ -31,7 +31,7 @@ def test_grid_method_names_and_labels():
 def test_field_roles_give_the_lists_that_were_kept_by_hand():
     assert set(RESUMABLE_CHANGES) == {"data_dir", "device", "eval_batch_size", "output_dir", "progress",
                                       "checkpoint_every", "resume", "nonfinite", "export_dir",
-                                      "max_consecutive_skips", "train_file", "dev_file", "test_file"}
+                                      "max_consecutive_skips", "train_file", "dev_file", "test_file", "threads"}
     assert set(field_roles("grid", "per_run")) == {"task", "method", "seed", "lr", "chain_length", "knot_steps",
                                                    "link_ranks", "output_dir", "progress"}
     assert set(field_roles("grid", "none")) == {"export_dir", "export_links"}

@@ -74,6 +74,13 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false)")
 
 
+def _int_or_str(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _optional(kind):
     def parse(text: str):
         return None if text.lower() == "none" else kind(text)
@@ -96,6 +103,8 @@ def _add_config_options(parser: argparse.ArgumentParser, skip=lambda f: False) -
             kind = _csv(int if "int" in text else str)
         elif hint is bool:
             kind = _bool
+        elif text == "int | str":  # a count or a word (--threads 2, --threads auto); the config's check names a bad one
+            kind = _int_or_str
         else:
             base = {"int": int, "float": float, "str": str}
             kind = next((v for k, v in base.items() if k in text), str)

@@ -128,6 +128,11 @@ class FinetuneConfig:
     )
     eval_batch_size: int = _f(16, "examples per evaluation batch (examples)", fingerprint=False)
     device: str = _f("auto", "auto, cpu, cuda or cuda:N", fingerprint=False)
+    threads: int | str = _f(
+        "auto", "torch threads of the run: an integer >= 1, or auto: the cores that no other runnable work wants, at "
+        "least 1 (re-counted every 30 s; 1 on a 2-core machine with a busy neighbour, where 2 threads ran 20-100x "
+        "slower); recorded in results.json (threads)", fingerprint=False,
+    )
     dtype: str = _f("fp32", "weight dtype: fp32, bf16 or fp16")
     autocast: str = _f(
         "auto", "autocast dtype for forward passes: auto (bf16 where the device computes it natively: CUDA with "

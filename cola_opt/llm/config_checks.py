@@ -25,6 +25,7 @@ from .methods import Method, get_method
 from .models import check_model_name
 from .precision import resolve_autocast
 from .tasks import is_user_task, task_name
+from .threads import check_threads
 
 if TYPE_CHECKING:
     from .config import FinetuneConfig
@@ -92,6 +93,7 @@ def validate_config(cfg: FinetuneConfig) -> None:
         raise ValueError(f"dtype {cfg.dtype!r} must be fp32, bf16 or fp16")
     if not isinstance(cfg.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise ValueError(f"device {cfg.device!r} must be auto, cpu, cuda or cuda:N")
+    cfg.threads = check_threads(cfg.threads)  # "2" from the command line becomes 2
     cfg.autocast = resolve_autocast(cfg.autocast, cfg.device)  # what runs, never "auto", is fingerprinted
     _validate_robustness(cfg, method)
     _validate_precision(cfg, method)

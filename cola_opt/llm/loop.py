@@ -29,6 +29,7 @@ from .guard import NonFiniteError, NonFiniteGuard
 from .objective import Objective
 from .resume import RunCheckpoints, run_fingerprint, stopped_error
 from .runlog import RunLog
+from .threads import ThreadPolicy
 
 __all__ = ["TrainingLoop"]
 
@@ -52,16 +53,19 @@ class TrainingLoop:
         evaluate_dev: ``model -> dev result`` (with the objective's ``metric``).
         log: the run log to fill (:class:`~cola_opt.llm.runlog.RunLog`).
         resume_from: a checkpoint directory to continue from, or ``None``.
+        threads: the run's thread policy, told after each step (``auto`` re-counts the
+            other work now and then, :mod:`cola_opt.llm.threads`); ``None``: none.
     """
 
     def __init__(self, cfg: FinetuneConfig, run_dir: Path, model: torch.nn.Module, chain, sched,
                  objective: Objective, train: Sequence, order: BatchOrder, total_steps: int,
-                 evaluate_dev: Callable[[torch.nn.Module], dict], log: RunLog, resume_from: Path | None = None) -> None:
+                 evaluate_dev: Callable[[torch.nn.Module], dict], log: RunLog, resume_from: Path | None = None,
+                 threads: ThreadPolicy | None = None) -> None:
         from tqdm.auto import tqdm
 
         self.cfg, self.run_dir, self.model, self.chain, self.sched = cfg, run_dir, model, chain, sched
         self.objective, self.train, self.order, self.total_steps = objective, train, order, total_steps
-        self.evaluate_dev, self.log, self.resume_from = evaluate_dev, log, resume_from
+        self.evaluate_dev, self.log, self.resume_from, self.threads = evaluate_dev, log, resume_from, threads
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
         self.guard = NonFiniteGuard(cfg.nonfinite, cfg.max_consecutive_skips)
@@ -98,6 +102,8 @@ class TrainingLoop:
                 loss = self.forward_backward(step.batches)
                 knot = self.update(loss, step, rng)
                 self.log.step_seconds.append(time.perf_counter() - t_step)
+                if self.threads is not None:
+                    self.threads.after_step(self.chain.step_count)
                 self.report(loss, knot)
                 if step.last_of_epoch or self.done:
                     self.dev_evaluation(step.epoch)

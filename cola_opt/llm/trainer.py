@@ -47,6 +47,7 @@ from .resume import resume_point
 from .runlog import RunLog
 from .scoring import truncation_warning
 from .tasks import Example, Splits, find_task, task_metrics
+from .threads import thread_policy
 from .update_rank import UpdateRankRecorder
 
 __all__ = ["FullFinetuning", "build_chain", "finetune", "make_batch_order", "make_objective", "resolve_device"]
@@ -108,7 +109,9 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         time in seconds), ``total_steps``, ``checkpoints`` (step, seconds, bytes of each
         checkpoint written; null seconds and bytes for the one a run resumed from),
         ``resumed_from`` (the step of each resume), ``export_dir``, and wall times in
-        seconds (``train_seconds`` adds up the processes of a resumed run); CPU seconds
+        seconds (``train_seconds`` adds up the processes of a resumed run); ``threads`` (the
+        setting, and each torch thread count this process set, with the step and the other
+        runnable threads counted: :class:`cola_opt.llm.threads.ThreadPolicy`); CPU seconds
         of this process (``time.process_time``, all threads: ``train_cpu_seconds`` for
         training and its dev evaluations, ``cpu_seconds`` for the whole run); ``capped``
         (counts asked but not met, :attr:`cola_opt.llm.tasks.Splits.capped`);
@@ -137,6 +140,7 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
         if method.trains and (cfg.checkpoint_every > 0 or (run_dir / CHECKPOINT_DIR).is_dir()):
             stack.enter_context(run_lock(run_dir))
         resume_from = resume_point(cfg, run_dir) if method.trains else None
+        threads = stack.enter_context(thread_policy(cfg.threads))  # torch's count is restored at the end
         device = resolve_device(cfg.device)
         _seed_everything(cfg.seed)
         model, tok = load_model(cfg.model, dtype=cfg.dtype, device=device)
@@ -154,7 +158,7 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
                 ranks.attach(chain)
             cpu_start = time.process_time()
             TrainingLoop(cfg, run_dir, model, chain, sched, objective, data["train"], make_batch_order(cfg, objective, data["train"]),
-                         plan.total_steps, partial(evaluation, "dev"), log, resume_from).run()
+                         plan.total_steps, partial(evaluation, "dev"), log, resume_from, threads=threads).run()
             train_cpu = time.process_time() - cpu_start
             if ranks is not None:
                 log.update_rank = ranks.finish(model, chain, method.lora)
@@ -169,7 +173,7 @@ def finetune(cfg: FinetuneConfig, splits: Splits | None = None) -> dict:
             "precision": {"autocast": cfg.autocast, "dtype": cfg.dtype, "fp32_master": cfg.fp32_master,
                           **precision_facts(device)},
             "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps, "knot_steps": list(plan.knots),
-            "trainable_parameters": trainable,
+            "trainable_parameters": trainable, "threads": threads.to_dict(),
             **log.to_dict(), "train_cpu_seconds": train_cpu, "test": test,
             "dev": log.dev_history[-1] if log.dev_history else None,
             "test_seconds": time.perf_counter() - t_eval, "export_dir": None,
