@@ -66,7 +66,7 @@ class Task:
         reader: ``(task folder, file stem) -> records`` for a release format other
             than one record per jsonl line; ``None`` reads ``<stem>.jsonl``.
         max_dev: MeZO's dev-set size for the task (500; 100 for CB, whose train split
-            has 250 records).
+            has 250 records, and for WSC, whose 554 would leave 54 to train on after 500).
         group: record -> the unit the test split is drawn in (MultiRC: its question), or
             ``None`` to draw records one by one.
         metrics: ``(test examples, predictions) -> dict`` of the task's official metrics
@@ -204,6 +204,7 @@ TASKS: dict[str, Task] = {
         label=_bool_label("WSC"),
         hf_name=("aps/super_glue", "wsc.fixed"),
         from_hf=_wsc_from_hf,
+        max_dev=100,
     ),
     "rte": Task(
         name="rte",
