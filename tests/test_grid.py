@@ -221,3 +221,48 @@ def test_identical_methods_give_no_difference():
     (t,) = paired_tests(grid, recs, choose_lrs(grid, recs))
     assert t["diff"] == 0 and t["ties"] == 2 and np.isnan(t["t_p"]) and t["boot_p"] == 1.0
     assert (t["boot_lo"], t["boot_hi"]) == (0.0, 0.0)
+
+
+# ------------------------------------------------------------------ cells in parallel
+def test_two_jobs_give_the_records_and_table_of_one_job_and_resume_exactly(tiny_model_dir, fixtures_dir, tmp_path):
+    """Two worker processes, one thread each: the same records (metrics, losses, steps) and table as a serial grid;
+    killed after some lines, a 2-job grid redoes none of them.
+
+    With two LRs the LR search runs first; every main run depends on its choice.
+    """
+    kw = dict(tasks=("boolq",), methods=("zero-shot", "lora", "cola2"), seeds=2, lrs=(5e-2, 1e-2), lr_select="method")
+    serial_grid = _grid(tiny_model_dir, fixtures_dir, tmp_path / "serial", **kw)
+    serial_grid.base = serial_grid.base.replace(threads=1)  # float sums in the same order as the 1-thread cells
+    serial = run_grid(serial_grid)
+    parallel = run_grid(_grid(tiny_model_dir, fixtures_dir, tmp_path / "two", jobs=2, **kw))  # auto: 1 thread each
+    assert len(serial) == 4 + 6 - 2  # search (2 methods x 2 LRs) + main (3 methods x 2 seeds) - shared
+    assert [_strip(r) for r in parallel] == [_strip(r) for r in serial]
+    assert all(r["threads"] == [1] for r in parallel if r["method"] != "zero-shot")
+    table = (tmp_path / "two" / "table.md").read_text()
+    assert table == (tmp_path / "serial" / "table.md").read_text()
+
+    jsonl = tmp_path / "two" / "runs.jsonl"
+    kept = b"".join(jsonl.read_bytes().splitlines(keepends=True)[:3])
+    jsonl.write_bytes(kept + b'{"run_id": "boolq/lo')  # killed: three lines and a partial one
+    again = run_grid(_grid(tiny_model_dir, fixtures_dir, tmp_path / "two", jobs=2, **kw))
+    after = jsonl.read_bytes()
+    assert after.startswith(kept) and after.count(b"\n") == len(serial)  # the 3 finished cells were not redone
+    assert sorted(r["run_id"] for r in read_records(jsonl)) == sorted(r["run_id"] for r in serial)
+    assert [_strip(r) for r in again] == [_strip(r) for r in serial]
+    assert (tmp_path / "two" / "table.md").read_text() == table
+
+
+def test_cell_threads_share_the_cores_under_auto():
+    from cola_opt.llm.grid import cell_threads
+    from cola_opt.llm.threads import usable_cores
+
+    assert cell_threads("auto", 1) == "auto" and cell_threads(3, 2) == 3
+    assert cell_threads("auto", 2) == max(1, usable_cores() // 2) and cell_threads("auto", 64) == 1
+
+
+def test_bad_jobs_fail_before_any_run(tiny_model_dir, fixtures_dir, tmp_path, capsys):
+    for bad in ("0", "-1"):
+        code = main(["grid", *_grid_args(tiny_model_dir, fixtures_dir), "--out", str(tmp_path / "g"), "--jobs", bad])
+        err = capsys.readouterr().err
+        assert code == 2 and f"jobs {bad} must be an integer >= 1" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "g").exists()

@@ -164,6 +164,9 @@ def _add_grid_parser(sub) -> None:
         help="fraction of the optimizer steps trained by the first link of stepdown-r<K> (default: 0.6, the paper's 3 of 5 epochs)")
     add("--out", default="runs/grid", help="output folder: runs.jsonl, table.md, plot.png (default: runs/grid)")
     add("--progress", type=_bool, default=True, help="show the grid's progress bar (default: True)")
+    add("--jobs", type=int, default=1, help="cells run at once, each in a process of its own with 1 thread on a "
+        "2-core machine (--threads auto: the cores shared evenly); the records and table are a serial grid's; runs "
+        "per hour: benchmarks/threads.py, docs/benchmarks.md (default: 1)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
             grid = GridConfig(base=cfg, tasks=args.tasks, methods=args.methods, seeds=args.seeds, lrs=args.lrs,
                               lr_select=args.lr_select, stepdown_at=args.stepdown_at, out=args.out,
-                              progress=args.progress)
+                              progress=args.progress, jobs=args.jobs)
             run_grid(grid)
             print((Path(grid.out) / "table.md").read_text())
         elif args.command == "compare":

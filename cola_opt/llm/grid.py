@@ -9,6 +9,14 @@ that task and seed's draw), so a killed grid continues where it stopped, and a g
 pointed at other data runs again. The table and the plot are built from that file alone
 (:mod:`cola_opt.llm.report`), so a resumed grid gives the same table as an
 uninterrupted one. What the grid runs, and with which settings: :mod:`cola_opt.llm.grid_plan`.
+
+With ``GridConfig.jobs = N > 1``, up to ``N`` cells train at once, each in a worker
+process of its own (:class:`_CellPool`) with :func:`cell_threads` torch threads (1 each
+on a 2-core machine): the LR-search runs first, all of them finished before the LRs are
+chosen, then the main runs. Only the grid's process appends to ``runs.jsonl`` (one line
+per cell, in the order the cells finish), and the workers die with it, so a killed
+parallel grid resumes as a serial one does; the records and the table do not depend on
+``N`` (the lines' order in the file does).
 """
 
 from __future__ import annotations
@@ -41,11 +49,12 @@ from .metrics import headline, lm_record_fields, record_metric, record_value
 from .plan import draw, preflight
 from .report import write_report
 from .tasks import Splits, dev_cap
+from .threads import usable_cores
 from .trainer import finetune
 from .update_rank import summarise_records
 
-__all__ = ["ALL_TASKS", "DEFAULT_METHODS", "PAPER_LRS", "GridConfig", "Run", "choose_lrs", "method_changes",
-           "read_records", "run_grid"]
+__all__ = ["ALL_TASKS", "DEFAULT_METHODS", "PAPER_LRS", "GridConfig", "Run", "cell_threads", "choose_lrs",
+           "method_changes", "read_records", "run_grid"]
 
 
 # ----------------------------------------------------------------------------- the record file
@@ -113,6 +122,7 @@ def _record(grid: GridConfig, run: Run, cfg: FinetuneConfig, splits: Splits, res
         wall_seconds=res["wall_seconds"],
         trainable_parameters=res.get("trainable_parameters"),
         step_seconds_median=float(np.median(res["step_seconds"])) if res.get("step_seconds") else None,
+        threads=(res.get("threads") or {}).get("used"),
         dev_curve=[[d["step"], d.get(headline(res["test"]).name)] for d in res["dev_history"]],
         update_rank=summarise_records(res["update_rank"]) if res.get("update_rank") else None,
     )
@@ -137,7 +147,8 @@ def run_grid(grid: GridConfig) -> list[dict]:
 
     Every task's data is sampled, and every run's configuration checked, before the
     first run starts. A run whose loss becomes NaN/inf is recorded with its error (it
-    loses any LR selection) and the grid goes on.
+    loses any LR selection) and the grid goes on. ``grid.jobs`` cells run at once (module
+    docstring).
 
     Returns:
         the records of the runs in the grid (search runs included), in run order.
@@ -174,13 +185,17 @@ def _same_data(grid: GridConfig, rec: dict, data: _Draws) -> bool:
 
 
 class _GridProgress:
-    """The runs still to do, run one by one, each line appended as it finishes; the progress bar."""
+    """The runs still to do, run one by one (or ``grid.jobs`` at once), each line appended as it finishes; the bar."""
 
     def __init__(self, grid: GridConfig, path: Path, data: _Draws, done: dict[str, dict]) -> None:
         self.grid, self.path, self.data, self.done = grid, path, data, done
+        self.pool: _CellPool | None = None
 
     def run_all(self) -> tuple[list[dict], dict]:
-        """The LR search, the LR choice, then the main runs: the records of all, in run order, and the LRs chosen."""
+        """The LR search, the LR choice, then the main runs: the records of all, in run order, and the LRs chosen.
+
+        Every search run has finished before the LRs are chosen and the first main run starts.
+        """
         from tqdm.auto import tqdm
 
         grid, done = self.grid, self.done
@@ -190,34 +205,115 @@ class _GridProgress:
         self.bar = tqdm(total=n_total, desc="grid", unit="run", disable=not grid.progress)
         resumed = sum(1 for r in dict.fromkeys(search) if r.run_id in done)
         self.bar.update(resumed)
-        self.run(search)
-        chosen = choose_lrs(grid, list(done.values()))
-        main = main_runs(grid, chosen)
-        late = sum(1 for r in main if r.run_id in done and r not in search)
-        self.bar.update(late)
-        if resumed + late:
-            self.bar.write(f"[grid] resumed: {resumed + late} of {n_total} runs were already done in {self.path}")
-        self.run(main)
-        self.bar.close()
+        try:
+            self.run(search)
+            chosen = choose_lrs(grid, list(done.values()))
+            main = main_runs(grid, chosen)
+            late = sum(1 for r in main if r.run_id in done and r not in search)
+            self.bar.update(late)
+            if resumed + late:
+                self.bar.write(f"[grid] resumed: {resumed + late} of {n_total} runs were already done in {self.path}")
+            self.run(main)
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+            self.bar.close()
         return [done[r.run_id] for r in dict.fromkeys(search + main)], chosen
 
     def run(self, runs: list[Run]) -> None:
         """Run every run not yet done; a non-finite stop is recorded with its error."""
-        for run in runs:
-            if run.run_id in self.done:
-                continue
-            self.bar.set_postfix_str(run.run_id)
-            splits = self.data(run.task, run.seed)
-            cfg = run_config(self.grid, run, splits)
-            try:
-                res, err = finetune(cfg, splits), None
-            except FloatingPointError as e:
-                res, err = None, str(e)
-            rec = _record(self.grid, run, cfg, splits, res, err)
-            _append(self.path, rec)
-            self.done[run.run_id] = rec
-            self.bar.update(1)
-            metric = record_metric(rec)
-            value = metric.text(record_value(rec, "test"))
-            self.bar.write(f"{run.run_id}: test {metric.name} {value}{'%' if metric.percent and value != '-' else ''}"
-                           f"{'' if err is None else ' (' + err.split(';')[0] + ')'}")
+        todo = [(run, self.data(run.task, run.seed)) for run in dict.fromkeys(runs) if run.run_id not in self.done]
+        cells = {run.run_id: (run, run_config(self.grid, run, splits), splits) for run, splits in todo}
+        if self.grid.jobs == 1:
+            for run, cfg, splits in cells.values():
+                self.bar.set_postfix_str(run.run_id)
+                self.finish(run, cfg, splits, *_train_cell(cfg, splits))
+            return
+        if self.pool is None and cells:
+            self.pool = _CellPool(self.grid.jobs)
+        threads = cell_threads(self.grid.base.threads, self.grid.jobs)
+        jobs = [(run_id, cfg.replace(threads=threads), splits) for run_id, (_, cfg, splits) in cells.items()]
+        self.bar.set_postfix_str(f"{min(len(jobs), self.grid.jobs)} at once")
+        for run_id, res, err in self.pool.results(jobs):
+            self.finish(*cells[run_id], res, err)
+
+    def finish(self, run: Run, cfg: FinetuneConfig, splits: Splits, res: dict | None, err: str | None) -> None:
+        """Append a finished run's line (this process alone appends, so lines never interleave) and report it."""
+        rec = _record(self.grid, run, cfg, splits, res, err)
+        _append(self.path, rec)
+        self.done[run.run_id] = rec
+        self.bar.update(1)
+        metric = record_metric(rec)
+        value = metric.text(record_value(rec, "test"))
+        self.bar.write(f"{run.run_id}: test {metric.name} {value}{'%' if metric.percent and value != '-' else ''}"
+                       f"{'' if err is None else ' (' + err.split(';')[0] + ')'}")
+
+
+# ----------------------------------------------------------------------------- cells in parallel
+def cell_threads(threads: int | str, jobs: int) -> int | str:
+    """The torch threads of each cell of a grid that runs ``jobs`` cells at once.
+
+    ``threads`` itself if it is a number; with ``auto``, one run alone keeps ``auto``
+    and ``jobs`` runs share the usable cores evenly (at least 1 each: 1 on a 2-core
+    machine with 2 jobs), so that no run waits for a thread its sibling holds.
+    """
+    if threads != "auto" or jobs == 1:
+        return threads
+    return max(1, usable_cores() // jobs)
+
+
+def _train_cell(cfg: FinetuneConfig, splits: Splits) -> tuple[dict | None, str | None]:
+    """``(results, None)`` of one cell, or ``(None, error)`` if its loss became non-finite."""
+    try:
+        return finetune(cfg, splits), None
+    except FloatingPointError as e:
+        return None, str(e)
+
+
+def _train_cell_job(job: tuple[str, FinetuneConfig, Splits]) -> tuple[str, dict | None, str | None]:
+    run_id, cfg, splits = job
+    return (run_id, *_train_cell(cfg, splits))
+
+
+def _worker_init() -> None:
+    """In each worker: die with the grid's process (SIGTERM: a checkpointing run saves first); Ctrl-C is the grid's."""
+    import signal
+    import warnings
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
+class _CellPool:
+    """``jobs`` worker processes (spawned: a fork would inherit torch's thread pools) that train cells.
+
+    Each worker trains one cell at a time with :func:`cola_opt.llm.trainer.finetune` and
+    sends its results back; the grid's process writes them. A worker dies with the grid's
+    process, so a killed grid leaves no run going, and a resumed one redoes only the cells
+    that had not finished.
+    """
+
+    def __init__(self, jobs: int) -> None:
+        import multiprocessing
+
+        self.pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_init)
+
+    def results(self, jobs: list[tuple[str, FinetuneConfig, Splits]]):
+        """Yield ``(run_id, results or None, error or None)`` of each job as it finishes (jobs start in their order).
+
+        Raises:
+            whatever a cell raised other than a non-finite stop (the other cells are then stopped).
+        """
+        try:
+            yield from self.pool.imap_unordered(_train_cell_job, jobs, chunksize=1)
+        except BaseException:
+            self.pool.terminate()
+            raise
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()

@@ -76,6 +76,9 @@ class GridConfig:
             ``stepdown-r<K>`` run (the paper: 3/5).
         out: output folder (``runs.jsonl``, ``table.md``, ``plot.png``, one folder per run).
         progress: show the grid's progress bar.
+        jobs: cells run at once, each in a process of its own (:func:`cola_opt.llm.grid.run_grid`);
+            1 runs them one after another in this process. Not fingerprinted: the records
+            and the table are the same for any number.
 
     Per task, ``n_dev`` is ``min(base.n_dev, task.max_dev)`` (MeZO: 500, CB 100).
 
@@ -92,6 +95,7 @@ class GridConfig:
     stepdown_at: float = 0.6
     out: str = "runs/grid"
     progress: bool = True
+    jobs: int = 1
 
     def validate(self) -> None:
         """Check everything that needs no data and no model.
@@ -126,6 +130,8 @@ class GridConfig:
             raise ValueError(f"lr_select 'task' chooses the LR with LoRA: add {LR_JUDGE!r} to methods")
         if not 0 < self.stepdown_at < 1:
             raise ValueError(f"stepdown_at {self.stepdown_at!r} must be in (0, 1)")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ValueError(f"jobs {self.jobs!r} must be an integer >= 1 (cells run at once)")
         if self.base.export_dir or self.base.export_links:
             raise ValueError("export_dir and export_links are per run; a grid does not export (use cola-opt finetune)")
         self.base.replace(method="lora", task=self.tasks[0]).validate()
