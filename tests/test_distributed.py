@@ -77,18 +77,18 @@ def _worker(rank, world, port, mode, out):
         # built after wrapping: fully_shard replaces the Parameters with DTensor shards
         sites = lora_sites(model)
         chain = ResidualLowRankOptimizer(sites, lr=1e-2, knot_steps=KNOTS)
-        merged_exactly = []
+        merged_exactly, probe = [], []  # probe: (W, delta) of each site, taken just before the knot
 
         def before(chain, _):
             from cola_opt.chain.sites import full_tensor
 
-            chain._probe = [(full_tensor(s.weight.detach()).clone(), s.delta()) for s in chain.sites]
+            probe[:] = [(full_tensor(s.weight.detach()).clone(), s.delta()) for s in chain.sites]
 
         def after(chain, _):
             from cola_opt.chain.sites import full_tensor
 
-            merged_exactly.append(all(torch.equal(full_tensor(s.weight.detach()), w + d)
-                                      for s, (w, d) in zip(chain.sites, chain._probe)))
+            merged_exactly.append(len(probe) == len(chain.sites) and all(
+                torch.equal(full_tensor(s.weight.detach()), w + d) for s, (w, d) in zip(chain.sites, probe)))
 
         chain.add_knot_hook(before, when="before")
         chain.add_knot_hook(after, when="after")

@@ -58,11 +58,11 @@ def test_fp32_master_keeps_fifty_knots_within_fp32_error(dtype):
         _run_chain([site], links)
         drift[master] = float((site.weight.double() - ref).abs().max())
         if master:
-            kept = float((site._master.double() - ref).abs().max())
+            kept = float((site.master.double() - ref).abs().max())
             # the master is W0 + sum(deltas) within fp32 rounding of each of the 50 sums
             assert kept <= KNOTS * EPS32 * float(ref.abs().max())
             # the stored weight is the master rounded once
-            assert torch.equal(site.weight, site._master.to(dtype))
+            assert torch.equal(site.weight, site.master.to(dtype))
     half_ulp = float(ref.abs().max()) * torch.finfo(dtype).eps / 2
     print(f"\n{dtype}: max |W - (W0 + sum deltas)| after {KNOTS} knots: without master {drift[False]:.3e}, "
           f"with master {drift[True]:.3e} (stored, one rounding), master itself {kept:.3e}; "
@@ -81,7 +81,7 @@ def test_fp32_master_through_lora_sites_on_a_bf16_llama():
         torch.manual_seed(0)
         model = inject_lora(LlamaForCausalLM(cfg).to(torch.bfloat16), LoraSettings(r=4, lora_alpha=8))
         sites = lora_sites(model, fp32_master=master)
-        assert all((s._master is not None) == master for s in sites)
+        assert all((s.master is not None) == master for s in sites)
         w0 = [s.weight.detach().clone() for s in sites]
         links = _links([s.shape for s in sites], 4, 2e-4, seed=3)
         _run_chain(sites, links)
@@ -91,7 +91,7 @@ def test_fp32_master_through_lora_sites_on_a_bf16_llama():
         )
         if master:
             kept = max(
-                float((s._master.double() - _reference(w, [f[i] for f in links], s.scaling)).abs().max())
+                float((s.master.double() - _reference(w, [f[i] for f in links], s.scaling)).abs().max())
                 for i, (s, w) in enumerate(zip(sites, w0))
             )
     print(f"\ntiny bf16 Llama, {KNOTS} knots: max drift without master {errors[False]:.3e}, "

@@ -107,6 +107,15 @@ class Site(ABC):
         """Whether merges go through an fp32 master copy of ``W`` (``fp32_master=True``)."""
         return self._master is not None
 
+    @property
+    def master(self) -> torch.Tensor | None:
+        """The fp32 master copy of ``W`` (the weight's layout: ``(m, n)`` for a tensor site, sharded like
+        the weight when it is sharded), or ``None`` without ``fp32_master``.
+
+        The chain's own tensor: read it, do not write it (a knot merges into it).
+        """
+        return self._master
+
     @torch.no_grad()
     def restore_initial_(self, w0: torch.Tensor) -> None:
         """Overwrite the kept ``W0`` with ``w0`` (a resume of a saved state).
