@@ -46,14 +46,27 @@ def test_lora_records_one_link_and_refuses_a_chain_length(super_glue_dir, tiny_m
 
 
 @pytest.mark.parametrize("warmup,max_steps", [(3, 3), (10, 3)])
-def test_a_warm_up_as_long_as_the_run_is_refused(super_glue_dir, warmup, max_steps):
-    cfg = FinetuneConfig(n_train=8, n_dev=2, n_test=4, max_steps=max_steps, warmup_steps=warmup,
-                         data_dir=str(super_glue_dir))
+def test_a_warm_up_as_long_as_the_run_is_refused(super_glue_dir, tiny_model_dir, warmup, max_steps):
+    cfg = FinetuneConfig(model=str(tiny_model_dir), n_train=8, n_dev=2, n_test=4, max_steps=max_steps,
+                         warmup_steps=warmup, data_dir=str(super_glue_dir))
     with pytest.raises(ValueError, match=f"warmup_steps={warmup} is not shorter than the run \\({max_steps} optimizer"):
         preflight(cfg)
     assert preflight(cfg.replace(warmup_steps=max_steps - 1)).total_steps == max_steps
     assert preflight(cfg.replace(method="zero-shot")).total_steps == 0  # trains nothing: nothing to warm up
 
+
+def test_a_warm_up_that_does_not_fit_is_refused_before_a_built_in_model_is_fetched(super_glue_dir, tmp_path,
+                                                                                  monkeypatch):
+    """The schedule is checked before the LoRA targets, which read the model's config: a built-in model missing
+    from the cache is not fetched (93 MB) and converted only to be told the warm-up does not fit."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("COLA_CACHE", str(cache))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # were it fetched, pip would fail at once instead of downloading
+    cfg = FinetuneConfig(n_train=8, n_dev=2, n_test=4, max_steps=3, warmup_steps=3, data_dir=str(super_glue_dir))
+    assert cfg.model == "smollm2-135m"  # the default: a built-in model
+    with pytest.raises(ValueError, match=r"warmup_steps=3 is not shorter than the run \(3 optimizer"):
+        preflight(cfg)
+    assert not cache.exists()  # the cache was not even created
 
 def test_n_train_above_the_split_is_warned_and_recorded(super_glue_dir, tiny_model_dir, tmp_path, capsys):
     assert _run(tiny_model_dir, tmp_path, "--n-train", "600", "--max-length", "512") == 0

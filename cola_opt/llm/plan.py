@@ -111,12 +111,12 @@ def preflight(cfg: FinetuneConfig, splits: Splits | None = None) -> Plan:
         splits = draw(cfg)
     per_epoch, total, knots = plan_steps(cfg, train_items(cfg, splits))  # a text task trains on its packed blocks
     method = cfg.method_type
+    if method.trains:  # before the model's config is read: a built-in model would be fetched first
+        check_lr_schedule(cfg.schedule, total, knots, cfg.warmup_steps, cfg.restart_warmup_steps)
     if method.lora:
         check_targets(cfg.model, cfg.lora_settings(), cfg.link_ranks or ())
     elif method.galore:
         check_galore_targets(cfg.model, cfg.target_modules)
     elif method.trains:
         check_float_model(cfg.model)  # a quantized base cannot be trained in full either
-    if method.trains:
-        check_lr_schedule(cfg.schedule, total, knots, cfg.warmup_steps, cfg.restart_warmup_steps)
     return Plan(splits, per_epoch, total if method.trains else 0, knots)
