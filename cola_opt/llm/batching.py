@@ -36,8 +36,10 @@ def shuffled_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> li
 def bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """The micro-batches of epoch ``epoch``, each of items of similar length, in a random order.
 
-    The items are permuted at random, cut into mega-batches of up to 50 micro-batches,
-    sorted by length within each mega-batch and cut into micro-batches
+    The items are permuted at random, cut into mega-batches of
+    ``max(1, min(50, n // (4 * batch_size)))`` micro-batches (so fewer than 8 batches'
+    worth of items are only shuffled), sorted by length within each mega-batch and cut
+    into micro-batches
     (``transformers``' ``get_length_grouped_indices``, the sampler behind the Trainer's
     ``group_by_length``); the micro-batches are then shuffled, so that the long ones do
     not come in runs. Both draws come from one generator seeded with
