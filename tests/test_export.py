@@ -3,6 +3,7 @@ and chain.json records the knots."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,6 +68,7 @@ def test_export_merged_model_links_and_record(tmp_path):
     assert [k["step"] for k in record["knots"]] == [2, 4, 6]  # 6: the export's final merge
     assert [k["rank"] for k in record["knots"]] == [4, 4, 2]
     assert record["ranks"] == [4, 4, 2] and record["links_done"] == 3
+    assert record["step_size"] == [1.0, 1.0, 1.0] and record["shrink"] == 0.0  # COLA: gamma 1, no shrink, per link
     assert record["lr"]["initial"] == [5e-2]
     assert [k["lr"][0] for k in record["knots"]] == pytest.approx([5e-2 * 5 / 6, 5e-2 * 3 / 6, 0.0])  # last steps
     assert record["extra"] == {"task": "toy"} and len(record["sites"]) == 4
@@ -207,6 +209,31 @@ def test_check_export_target_refuses_what_would_lose_data(tmp_path, monkeypatch)
     for fine in (tmp_path / "new" / "deep", run / "export", tmp_path / "home" / "exports"):
         check_export_target(fine, "export_dir", output_dir=out, run_dir=run)
 
+
+def test_check_export_target_refuses_a_place_it_cannot_write(tmp_path, monkeypatch):
+    """Issue 9, item 1: the folder must be writable, checked before any work. The file modes are simulated
+    (``os.access`` answers "no" for the read-only folders): root, which runs these tests here, ignores them."""
+    import os
+
+    out, ro, ro_links = tmp_path / "runs", tmp_path / "ro", tmp_path / "links"
+    export_full(_tiny_llama(), ro / "export")  # an earlier export, replaceable where its parent is writable
+    ro_links.mkdir()
+    check_export_target(ro / "export", "export_dir", output_dir=out)
+    check_export_target(ro_links, "export_links", output_dir=out, links=True)
+    read_only = {ro.resolve(), ro_links.resolve()}
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p).resolve() in read_only
+                        else real_access(p, mode, **kw))
+    cases = [
+        ((ro / "new" / "deep", "export_dir"), {}, f"cannot be created: {str(ro)!r} is not writable"),
+        ((ro / "export", "export_dir"), {}, "is not writable"),  # swapped in its parent
+        ((ro_links, "export_links"), {"links": True}, "is not writable"),  # written into
+    ]
+    for (path, option), kw, message in cases:
+        with pytest.raises(ValueError, match=f"{option} {re.escape(repr(str(path)))} {re.escape(message)}"):
+            check_export_target(path, option, output_dir=out, **kw)
+    check_export_target(tmp_path / "elsewhere", "export_dir", output_dir=out)  # a writable place still passes
+    assert not (ro / "new").exists() and not out.exists()
 
 def test_what_counts_as_an_earlier_export(tmp_path):
     model, chain = _small_chain(tmp_path)
