@@ -216,8 +216,7 @@ def chain_record(chain: ResidualLowRankOptimizer) -> dict[str, Any]:
         "steps_done": chain.step_count,
         "links_done": chain.link,
         "ranks": ranks,
-        "step_size": [chain.step_size(k) if callable(chain.step_size) else chain.step_size
-                      for k in range(chain.chain_length)],
+        "step_size": [chain.step_size] * chain.chain_length,
         "shrink": chain.shrink,
         "reset": repr(chain.reset_policy),
         "seed": chain.seed,
