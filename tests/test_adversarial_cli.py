@@ -64,6 +64,7 @@ class Case:
             template's copy, as the checkpoint cases must: a resume checks the model path).
         run: the run folder a finished case writes (the base arguments': ``wsc_cola_s0``).
         test_n: the test examples a finished run must report (``None``: the case's ``check`` sees to it).
+        verb: the command (``finetune``, or ``compare`` for a case about it).
     """
 
     name: str
@@ -76,10 +77,11 @@ class Case:
     own_model: bool = False
     run: str = RUN
     test_n: int | None = 4
+    verb: str = "finetune"
 
 
-def base_args(w: World) -> list[str]:
-    return ["finetune", "--model", str(w.model), "--task", "wsc", "--data-dir", str(SUPER_GLUE), "--n-train", "8",
+def base_args(w: World, verb: str = "finetune") -> list[str]:
+    return [verb, "--model", str(w.model), "--task", "wsc", "--data-dir", str(SUPER_GLUE), "--n-train", "8",
             "--n-dev", "2", "--n-test", "4", "--max-steps", "3", "--batch-size", "4", "--chain-length", "2",
             "--autocast", "none", "--progress", "false", "--output-dir", str(w.out)]
 
@@ -106,6 +108,17 @@ def _home(w: World, mp) -> None:
 
 def _a_file(w: World, _mp) -> None:
     (w.root / "a-file").write_text("x")
+
+
+def _read_only(w: World, mp) -> None:
+    """``ro/``, a folder nobody may write into: ``os.access`` says so (root, which runs the tests here, ignores
+    file modes)."""
+    import os
+
+    (w.root / "ro").mkdir()
+    real_access, read_only = os.access, (w.root / "ro").resolve()
+    mp.setattr(os, "access", lambda p, mode, **kw: False if Path(p).resolve() == read_only
+               else real_access(p, mode, **kw))
 
 
 def _earlier_export(w: World, _mp) -> None:
@@ -141,6 +154,9 @@ EXPORT_CASES = [
          message="is the home folder", value=lambda w: str(w.root / "home")),
     Case("export under a file", lambda w: ["--export-dir", str(w.root / "a-file" / "x")], setup=_a_file,
          message="cannot be created: .* is a file", value=lambda w: str(w.root / "a-file" / "x")),
+    Case("export into a folder that cannot be written", lambda w: ["--export-dir", str(w.root / "ro" / "export")],
+         setup=_read_only, message="cannot be created: .* is not writable",
+         value=lambda w: str(w.root / "ro" / "export")),
     Case("export links over the export", lambda w: ["--export-dir", str(w.root / "e"), "--export-links",
                                                     str(w.root / "e" / "links")],
          message="must lie outside export_dir", value=lambda w: str(w.root / "e" / "links")),
@@ -148,6 +164,49 @@ EXPORT_CASES = [
          check=_exported),
     Case("export over an earlier export", lambda w: ["--export-dir", str(w.root / "export")], expect="finished",
          setup=_earlier_export, check=_exported),
+]
+
+
+# ------------------------------------------------------------------ item 2: no dev examples
+def _no_dev(w: World, r: dict) -> None:
+    assert r["counts"] == {"train": 8, "dev": 0, "test": 4} and r["dev"]["n"] == 0 and len(r["train_loss"]) == 3
+    assert [(h["step"], h["accuracy"]) for h in r["dev_history"]] == [(2, None), (3, None)]  # epoch end, last step
+
+
+NO_DEV_CASES = [
+    Case("no dev examples, with checkpoints", lambda w: ["--n-dev", "0", *CKPT_ARGS], expect="finished", check=_no_dev),
+]
+
+
+# ------------------------------------------------------------------ item 3: a restarted compare on other data
+def _compare_then_flip(w: World, _mp) -> None:
+    """A finished compare in the output folder (its summary kept as ``first.json``), and a copy of WSC with every
+    label flipped."""
+    assert _cli(base_args(w, "compare") + CKPT_ARGS) == 0
+    shutil.copy(w.out / "wsc_compare_s0.json", w.root / "first.json")
+    (w.root / "flipped" / "WSC").mkdir(parents=True)
+    for name in ("train.jsonl", "val.jsonl"):
+        rows = [json.loads(line) for line in (SUPER_GLUE / "WSC" / name).read_text().splitlines() if line.strip()]
+        (w.root / "flipped" / "WSC" / name).write_text("".join(json.dumps({**r, "label": not r["label"]}) + "\n"
+                                                               for r in rows))
+
+
+def _ran_again(w: World, r: dict) -> None:
+    first = json.loads((w.root / "first.json").read_text())["methods"]
+    now = json.loads((w.out / "wsc_compare_s0.json").read_text())["methods"]
+    assert all(now[m]["data_fingerprint"] != first[m]["data_fingerprint"] for m in first)  # nothing read back
+    assert r["data_fingerprint"] == now["cola"]["data_fingerprint"]
+    zs, zs_first = now["zero-shot"]["test"], first["zero-shot"]["test"]  # the same answers, every gold label flipped
+    assert zs["predictions"] == zs_first["predictions"]
+    assert zs["accuracy"] == pytest.approx(1 - zs_first["accuracy"], abs=1e-12)
+    for m in ("lora", "cola"):  # the new export is written, not skipped
+        assert now[m]["export_dir"] == str(w.root / "export" / m) and (w.root / "export" / m / "config.json").is_file()
+
+
+STALE_CASES = [
+    Case("compare restarted on flipped labels with a new export folder", lambda w: [
+        *CKPT_ARGS, "--data-dir", str(w.root / "flipped"), "--export-dir", str(w.root / "export")],
+        verb="compare", expect="finished", setup=_compare_then_flip, check=_ran_again),
 ]
 
 
@@ -502,8 +561,8 @@ USER_DATA_CASES = [
 ]
 
 
-CASES = (EXPORT_CASES + LORA_CASES + QUANT_CASES + CHECKPOINT_CASES + REAL_DATA_CASES + PRECISION_CASES + SMALL_CASES
-         + USER_DATA_CASES)
+CASES = (EXPORT_CASES + NO_DEV_CASES + STALE_CASES + LORA_CASES + QUANT_CASES + CHECKPOINT_CASES + REAL_DATA_CASES
+         + PRECISION_CASES + SMALL_CASES + USER_DATA_CASES)
 
 
 # ------------------------------------------------------------------ machinery
@@ -559,7 +618,7 @@ def test_adversarial_cli(case: Case, tiny_model_dir, template, tmp_path, monkeyp
     before = _snapshot(tmp_path, w.out)
     others = {p: _snapshot(p, p / "none") for p in (SUPER_GLUE / "WSC", template[1])}  # the data, the shared model
     capsys.readouterr()
-    code = _cli(base_args(w) + case.args(w))
+    code = _cli(base_args(w, case.verb) + case.args(w))
     err = capsys.readouterr().err
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("cola-opt: error:")]
