@@ -11,11 +11,11 @@ from cola_opt.chain.lr_schedules import jagged_cosine_schedule
 from cola_opt.llm.hf import ColaCallback
 
 
-def _model():
+def _model(target_modules=("q_proj", "v_proj")):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"],
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=list(target_modules),
                         task_type="CAUSAL_LM")
     return get_peft_model(LlamaForCausalLM(cfg), config)
 
@@ -66,12 +66,17 @@ class KnotProbe(TrainerCallback):
         self.state_sizes.append(sum(len(chain.optimizer.state.get(p, {})) for p in chain.factor_parameters()))
 
 
-def test_trainer_ties_knots_and_keeps_the_function(tmp_path):
-    model = _model()
+@pytest.mark.parametrize("targets,n_sites", [(("q_proj", "v_proj"), 4), (("embed_tokens", "q_proj"), 3)])
+def test_trainer_ties_knots_and_keeps_the_function(targets, n_sites, tmp_path):
+    """Issue 9, item 4: LoRA on ``embed_tokens`` (``lora.Embedding``) is a site of the Trainer route too."""
+    model = _model(targets)
     cola = ColaCallback(chain_length=3, guard="skip")
     probe = KnotProbe(cola)
     trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[cola, probe])
     trainer.train()
+    # 2 layers x (q_proj, v_proj), or the embedding and 2 q_proj: no LoRA layer skipped
+    assert len(cola.chain.sites) == n_sites
+    assert sum(s.name.endswith("embed_tokens") for s in cola.chain.sites) == ("embed_tokens" in targets)
     assert probe.steps == [2, 4] and [k.step for k in cola.chain.knots] == [2, 4]
     assert cola.chain.link == 2 and cola.chain.step_count == 6
     assert max(probe.diffs) < 1e-5  # the function is kept across each knot
