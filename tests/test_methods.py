@@ -45,3 +45,12 @@ def test_field_roles_give_the_lists_that_were_kept_by_hand():
     assert not {"data_dir", "device", "eval_batch_size", "checkpoint_every", "resume", "lr", "task"} & set(shared)
     with pytest.raises(ValueError, match="role 'weights'"):
         field_roles("weights")
+
+
+def test_robustness_doc_names_every_resumable_field():
+    """docs/robustness.md section 5 lists what a resume may change; it had fallen behind the metadata once."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "robustness.md").read_text()
+    section = text[text.index("## 5. Resume"):text.index("## 6.")]
+    assert [f for f in RESUMABLE_CHANGES if f"`{f}`" not in section] == []
