@@ -126,6 +126,43 @@ def test_lr_choice_takes_best_dev_and_earlier_on_ties():
     assert choose_lrs(grid, recs[:2]) is None  # a search run is missing
 
 
+def test_method_lrs_give_a_method_its_own_candidates():
+    """full fine-tuning searches its own LRs; a method with one candidate has no search run."""
+    from cola_opt.llm.grid_plan import search_runs
+
+    grid = GridConfig(tasks=("cb",), methods=("lora", "full", "cola2"), lrs=(1e-3, 5e-4),
+                      method_lrs={"full": (1e-5, 1e-4), "cola2": (2e-3,)})
+    grid.validate()
+    assert [(r.method, r.lr) for r in search_runs(grid)] == [("lora", 1e-3), ("lora", 5e-4), ("full", 1e-5),
+                                                             ("full", 1e-4)]
+    recs = [{"run_id": Run("cb", m, 0, lr).run_id, "dev_accuracy": acc}
+            for m, lr, acc in [("lora", 1e-3, 0.5), ("lora", 5e-4, 0.7), ("full", 1e-5, 0.8), ("full", 1e-4, 0.6)]]
+    assert choose_lrs(grid, recs) == {("cb", "lora"): 5e-4, ("cb", "full"): 1e-5, ("cb", "cola2"): 2e-3}
+    assert choose_lrs(grid, recs[:3]) is None
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"method_lrs": {"cola3": (1e-3,)}}, "method_lrs names 'cola3', which is not a trained method"),
+    ({"method_lrs": {"zero-shot": (1e-3,)}}, "method_lrs names 'zero-shot'"),
+    ({"method_lrs": {"full": (1e-5, 1e-5)}}, r"method_lrs of 'full': \[1e-05, 1e-05\] must be distinct"),
+    ({"method_lrs": {"full": ()}}, "method_lrs of 'full'"),
+    ({"method_lrs": {"full": (1e-5,)}, "lr_select": "task"}, "method_lrs needs lr_select 'method'"),
+])
+def test_bad_method_lrs(change, message):
+    with pytest.raises(ValueError, match=message):
+        GridConfig(tasks=("cb",), methods=("zero-shot", "lora", "full"), lrs=(1e-3,), **change).validate()
+
+
+def test_method_lrs_from_the_cli(capsys):
+    from cola_opt.llm.cli import build_parser
+
+    args = build_parser().parse_args(["grid", "--method-lrs", "full=1e-5,1e-4; galore-r8=3e-4"])
+    assert args.method_lrs == {"full": (1e-5, 1e-4), "galore-r8": (3e-4,)}
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["grid", "--method-lrs", "full"])
+    assert e.value.code == 2 and "'full' is not METHOD=LR[,LR...]" in capsys.readouterr().err
+
+
 def test_method_names():
     assert method_changes("cola3", 8)["chain_length"] == 3
     assert method_changes("stepdown-r4", 8)["link_ranks"] == (8, 4)

@@ -71,6 +71,9 @@ class GridConfig:
         methods: grid method names (module docstring).
         seeds: number of seeds; seeds are ``0 .. seeds-1``.
         lrs: learning rates; more than one selects on dev (needs ``base.n_dev >= 1``).
+        method_lrs: per grid method, its own learning rates in place of ``lrs`` (full
+            fine-tuning and GaLore train on other LR scales than LoRA); only with
+            ``lr_select="method"``. Empty: every method uses ``lrs``.
         lr_select: ``"method"`` or ``"task"`` (module docstring).
         stepdown_at: fraction of the optimizer steps trained by the first link of a
             ``stepdown-r<K>`` run (the paper: 3/5).
@@ -92,6 +95,7 @@ class GridConfig:
     seeds: int = 5
     lrs: tuple[float, ...] = (5e-4,)
     lr_select: str = "method"
+    method_lrs: dict[str, tuple[float, ...]] = field(default_factory=dict)
     stepdown_at: float = 0.6
     out: str = "runs/grid"
     progress: bool = True
@@ -122,9 +126,20 @@ class GridConfig:
             raise ValueError(f"lrs {list(self.lrs)} must be finite numbers > 0")
         if len(set(self.lrs)) != len(self.lrs):
             raise ValueError(f"lrs {list(self.lrs)} must not repeat")
+        for m, lrs in self.method_lrs.items():
+            if m not in self.methods or not grid_method(m).method.trains:
+                raise ValueError(f"method_lrs names {m!r}, which is not a trained method of this grid "
+                                 f"({self.trained_methods})")
+            if not lrs or any(not (isinstance(x, (int, float)) and 0 < x < float("inf")) for x in lrs) \
+                    or len(set(lrs)) != len(lrs):
+                raise ValueError(f"method_lrs of {m!r}: {list(lrs)} must be distinct finite numbers > 0")
+        if self.method_lrs and self.lr_select != "method":
+            raise ValueError(f"method_lrs needs lr_select 'method' (each method chooses its own LR), got "
+                             f"{self.lr_select!r}")
+        self.method_lrs = {m: tuple(v) for m, v in self.method_lrs.items()}
         if self.lr_select not in ("method", "task"):
             raise ValueError(f"lr_select {self.lr_select!r} must be 'method' or 'task'")
-        if len(self.lrs) > 1 and self.base.n_dev < 1:
+        if any(len(self.lrs_of(m)) > 1 for m in self.methods) and self.base.n_dev < 1:
             raise ValueError(f"choosing among lrs {list(self.lrs)} needs dev examples, but n_dev is {self.base.n_dev}")
         if len(self.lrs) > 1 and self.lr_select == "task" and LR_JUDGE not in self.methods:
             raise ValueError(f"lr_select 'task' chooses the LR with LoRA: add {LR_JUDGE!r} to methods")
@@ -140,6 +155,10 @@ class GridConfig:
     def trained_methods(self) -> list[str]:
         """The grid methods that train (all but ``zero-shot``), in order."""
         return [m for m in self.methods if grid_method(m).method.trains]
+
+    def lrs_of(self, method: str) -> tuple[float, ...]:
+        """The learning rates that ``method`` chooses among (``method_lrs``, else ``lrs``)."""
+        return self.method_lrs.get(method, self.lrs)
 
     def fingerprint(self) -> str:
         """Hash of the shared settings that change a run's result (12 hex digits).
@@ -188,30 +207,29 @@ def choose_lrs(grid: GridConfig, records: list[dict]) -> dict[tuple[str, str], f
     Returns:
         ``{(task, method): lr}``, or ``None`` while a search run is missing.
     """
-    trained = grid.trained_methods
-    if len(grid.lrs) == 1:
-        return {(t, m): grid.lrs[0] for t in grid.tasks for m in trained}
     done = {r["run_id"]: r for r in records}
     chosen = {}
     for t in grid.tasks:
-        for m in trained:
+        for m in grid.trained_methods:
             judge = LR_JUDGE if grid.lr_select == "task" else m
+            lrs = grid.lrs_of(judge)
+            if len(lrs) == 1:
+                chosen[(t, m)] = lrs[0]
+                continue
             devs = []
-            for lr in grid.lrs:
+            for lr in lrs:
                 rec = done.get(Run(t, judge, 0, lr).run_id)
                 if rec is None:
                     return None
                 devs.append(selection_key(rec))
-            chosen[(t, m)] = grid.lrs[max(range(len(devs)), key=lambda i: (*devs[i], -i))]
+            chosen[(t, m)] = lrs[max(range(len(devs)), key=lambda i: (*devs[i], -i))]
     return chosen
 
 
 def search_runs(grid: GridConfig) -> list[Run]:
-    """The LR-search runs (seed 0, every LR, every judging method); none with a single LR."""
-    if len(grid.lrs) == 1:
-        return []
+    """The LR-search runs (seed 0, every LR, every judging method); none for a method with a single LR."""
     judges = [LR_JUDGE] if grid.lr_select == "task" else grid.trained_methods
-    return [Run(t, m, 0, lr) for t in grid.tasks for m in judges for lr in grid.lrs]
+    return [Run(t, m, 0, lr) for t in grid.tasks for m in judges if len(grid.lrs_of(m)) > 1 for lr in grid.lrs_of(m)]
 
 
 def main_runs(grid: GridConfig, chosen: dict) -> list[Run]:

@@ -253,7 +253,7 @@ def write_report(grid: GridConfig, records: list[dict], chosen: dict, seconds: f
         results_table(grid, records, chosen),
         "Paired comparison with LoRA (same seed = same data draw):",
         tests_table(tests, grid.base.rank) if tests else "(no COLA-vs-LoRA pairs)",
-        "Learning rate per task and method" + (" (chosen on dev at seed 0):" if len(grid.lrs) > 1 else ":"),
+        "Learning rate per task and method" + (" (chosen on dev at seed 0):" if any(len(grid.lrs_of(m)) > 1 for m in grid.methods) else ":"),
         lr_table(grid, chosen),
     ]) + "\n"
     atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
