@@ -66,6 +66,17 @@ def _csv(kind):
     return parse
 
 
+def _method_lrs(text: str) -> dict[str, tuple[float, ...]]:
+    """``'full=1e-5,1e-4;galore=1e-3'`` -> ``{'full': (1e-5, 1e-4), 'galore': (1e-3,)}``."""
+    out = {}
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        name, sep, values = part.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"{part!r} is not METHOD=LR[,LR...]")
+        out[name.strip()] = _csv(float)(values)
+    return out
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -158,6 +169,9 @@ def _add_grid_parser(sub) -> None:
     add("--lrs", type=_csv(float), default=(5e-4,),
         help="learning rates; several are chosen among on dev at seed 0 (the paper's set: 1e-3,8e-4,5e-4,1e-4,5e-5) "
         "(default: 0.0005)")
+    add("--method-lrs", type=_method_lrs, default={},
+        help="a method's own learning rates in place of --lrs, e.g. 'full=1e-5,3e-5,1e-4;galore-r8=3e-4,1e-3' "
+        "(with --lr-select method) (default: none)")
     add("--lr-select", default="method", help="choose the LR per method, or per task with LoRA: method or task "
         "(default: method)")
     add("--stepdown-at", type=float, default=0.6,
@@ -212,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             from .grid import GridConfig, run_grid
 
             grid = GridConfig(base=cfg, tasks=args.tasks, methods=args.methods, seeds=args.seeds, lrs=args.lrs,
-                              lr_select=args.lr_select, stepdown_at=args.stepdown_at, out=args.out,
+                              lr_select=args.lr_select, method_lrs=args.method_lrs, stepdown_at=args.stepdown_at, out=args.out,
                               progress=args.progress, jobs=args.jobs)
             run_grid(grid)
             print((Path(grid.out) / "table.md").read_text())
