@@ -9,9 +9,10 @@ Assumptions: links of rank ``r`` (ExactLMO: 1; BlockLMO and InexactOracle: their
 ``W0`` is a random full-rank matrix on half the shapes (as in fine-tuning: the bound is on
 the residual ``X = W - W0``, not on ``W``), zero on the others.
 Check: the numerical rank of ``X_k = W_k - W0`` (singular values above ``1e-5 sigma_max``,
-float32 iterates), computed here from the recorded iterates, after every link: ratio
+float32 iterates), computed here from the recorded iterates with numpy's SVD
+(:func:`proofs_check.common.rank_of`, not the product's ``numerical_rank``), after every link: ratio
 ``rank / (k r)``, and ``rank(X_0) = 0``.
-Instances: vanilla FW, block FW, COLA unconstrained (r = 1, 2, 3), COLA as approximate FW; 16 shapes.
+Instances: vanilla FW, block FW, COLA unconstrained (r = 1, 2, 3), COLA as approximate FW; 20 shapes.
 Broken variant: ``wrong_lmo`` (an oracle declared rank 1 that answers rank-2 matrices).
 """
 
@@ -23,25 +24,31 @@ from cola_opt.fw import bounds
 from cola_opt.fw.oracles import BlockLMO, ExactLMO, InexactOracle
 from cola_opt.fw.sets import NuclearBall, Unconstrained
 from cola_opt.fw.solver import ChainSolver
-from cola_opt.fw.spectral import numerical_rank
 from cola_opt.fw.step_sizes import Constant, ExactLineSearch, OpenLoop
 from cola_opt.objectives import problems
 
-from .common import DoubleAtomBall, Tracker, check_broken, run_links, with_start
+from .common import DoubleAtomBall, Tracker, check_broken, rank_of, run_links, with_start
 
 NAME = "C5"
 CLAIM = "rank(X_k) <= k r after k links of rank r"
 BROKEN = ("wrong_lmo",)
 
 
+def instances(quick: bool = False):
+    """Matrix completion of shapes 6..25; ``W0`` zero on even seeds, ``N(0, 1)`` on odd ones."""
+    rng = np.random.default_rng(5)
+    out = []
+    for seed in range(1 if quick else 20):
+        m, n = (int(v) for v in rng.integers(6, 26, size=2))
+        out.append((seed, with_start(problems.matrix_completion(m, n, rank=4, fraction=0.6, noise=0.1, tau_ratio=0.9,
+                                                                seed=seed), (0.0, 1.0)[seed % 2], 1300 + seed)))
+    return out
+
+
 def run(broken: str | None = None, quick: bool = False, links: int = 10):
     check_broken(broken, BROKEN)
     tr = Tracker(NAME, CLAIM, slack=0.0, broken=broken)
-    rng = np.random.default_rng(5)
-    for seed in range(1 if quick else 16):
-        m, n = (int(v) for v in rng.integers(6, 26, size=2))
-        pb = with_start(problems.matrix_completion(m, n, rank=4, fraction=0.6, noise=0.1, tau_ratio=0.9, seed=seed),
-                        (0.0, 1.0)[seed % 2], 1300 + seed)
+    for seed, pb in instances(quick):
         ball = NuclearBall(pb.tau)
         if broken == "wrong_lmo":
             runs = [(1, dict(oracle=ExactLMO(), constraint=DoubleAtomBall(pb.tau), step_size=OpenLoop()))]
@@ -57,7 +64,7 @@ def run(broken: str | None = None, quick: bool = False, links: int = 10):
             it = run_links(ChainSolver(pb.objective, pb.W0, record_rank="bound", seed=seed, **kw), links)
             tr.instances += 1
             for k, W in enumerate(it.W):
-                rank = numerical_rank(W - W0)
+                rank = rank_of(W - W0)
                 where = f"{pb.name} {kw['oracle']!r} k={k}"
                 if k == 0:
                     tr.at_most(rank, 0, 0.0, where)

@@ -50,12 +50,11 @@ from cola_opt.chain.optimizer import NonFiniteUpdateError
 from cola_opt.fw import bounds
 from cola_opt.fw.oracles import InexactOracle
 from cola_opt.fw.solver import ChainSolver
-from cola_opt.fw.spectral import numerical_rank
 from cola_opt.fw.step_sizes import Constant
 from cola_opt.objectives import problems
 from cola_opt.objectives.smooth import MatrixLeastSquares
 
-from .common import SLACK, Tracker, check_broken, run_links
+from .common import SLACK, Tracker, check_broken, rank_of, run_links
 
 NAME = "C7"
 CLAIM = "the LLM chain (gamma=1, rho=0, Adam on f(W+sBA)): knots keep f; rank <= k r; plateau"
@@ -102,7 +101,7 @@ def _chain_checks(tr, pb, r, lr, alpha, seed, broken, monotone: bool) -> None:
         tr.ratio(abs(fa - fb), 1e-5 * max(1.0, abs(fb)), f"{where} knot {k} f", check="bound")
         tr.at_most(b, 0.0, 0.0, f"{where} knot {k}", "fresh B = 0")
     for k, W in enumerate(it.W):
-        tr.at_most(numerical_rank(W - W0), bounds.rank_bound(k, r) if k else 0, 0.0, f"{where} k={k}", "rank <= k r")
+        tr.at_most(rank_of(W - W0), bounds.rank_bound(k, r) if k else 0, 0.0, f"{where} k={k}", "rank <= k r")
         if monotone and k:
             f_prev, f_k = obj.value(it.W[k - 1]), obj.value(W)
             tr.at_most(f_k - f_prev, 0.0, SLACK * abs(f_prev), f"{where} k={k}", "monotone")

@@ -25,7 +25,7 @@ from cola_opt.fw.sets import LMOAnswer, NuclearBall
 from cola_opt.fw.spectral import top_singular
 
 __all__ = ["SLACK", "U32", "CheckStat", "ClaimResult", "DoubleAtomBall", "FWQuantities", "FlippedBall", "Tracker",
-           "certified_bounds", "fw_quantities", "nuclear_tolerance", "run_links", "with_start"]
+           "certified_bounds", "fw_quantities", "nuclear_tolerance", "rank_of", "run_links", "with_start"]
 
 #: Relative floating-point slack allowed on a ratio.
 SLACK = 1e-6
@@ -201,6 +201,15 @@ def fw_quantities(objective, W: np.ndarray, W0: np.ndarray, tau: float) -> FWQua
     nuclear = float(np.linalg.svd(X, compute_uv=False).sum())
     return FWQuantities(objective.value(W), G, X, nuclear, float(s[0]), float(s[0] - (s[1] if s.size > 1 else 0.0)),
                         S, float(np.vdot(G, X)) + tau * float(s[0]))
+
+
+def rank_of(X: np.ndarray, rtol: float = 1e-5) -> int:
+    """Numerical rank of a dense ``X``: singular values above ``rtol * sigma_max`` (numpy SVD, not the product's).
+
+    ``rtol = 1e-5`` suits differences of float32 matrices (unit round-off ``6e-8`` times the dimension).
+    """
+    s = np.linalg.svd(np.asarray(X, dtype=np.float64), compute_uv=False)
+    return int((s > rtol * s[0]).sum()) if s.size and s[0] > 0.0 else 0
 
 
 def nuclear_tolerance(W: np.ndarray, tau: float, t: int) -> float:
