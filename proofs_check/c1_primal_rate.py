@@ -31,12 +31,11 @@ import numpy as np
 
 from cola_opt.fw import bounds
 from cola_opt.fw.refine import FactorRefinement
-from cola_opt.fw.solver import ChainSolver
 from cola_opt.fw.step_sizes import Constant, ExactLineSearch, OpenLoop
 from cola_opt.objectives import problems
 
-from .common import Tracker, ball_for, check_broken, fw_quantities, run_links, with_start
-from .convex import certify_runs, cvxpy_anchor
+from .common import Tracker, check_broken, with_start
+from .convex import run_certified
 from .invariants import fw_invariants
 
 NAME = "C1"
@@ -75,17 +74,9 @@ def run(broken: str | None = None, quick: bool = False, iters: int = 40):
     check_broken(broken, BROKEN)
     tr = Tracker(NAME, CLAIM, broken=broken)
     for k, pb in enumerate(instances(quick)):
-        obj, W0 = pb.objective, pb.W0.astype(np.float64)
-        L, D = obj.smoothness, bounds.nuclear_diameter(pb.tau)
-        runs = []
-        for label, kw, checks in variants(pb, broken):
-            solver = ChainSolver(obj, pb.W0, constraint=ball_for(pb.tau, broken), record_rank="bound", **kw)
-            it = run_links(solver, iters)
-            runs.append((label, checks, it, [fw_quantities(obj, W, W0, pb.tau) for W in it.W]))
-            tr.instances += 1
-        lower, upper = certify_runs(obj, W0, pb.tau, runs)
-        if k < (1 if quick else 3) and broken is None:
-            lower, upper = cvxpy_anchor(tr, pb, lower, upper)
+        L, D = pb.objective.smoothness, bounds.nuclear_diameter(pb.tau)
+        runs, lower, upper = run_certified(tr, pb, variants(pb, broken), iters=iters, broken=broken,
+                                           anchor=k < (1 if quick else 3) and broken is None)
         for label, checks, it, qs in runs:
             where = f"{pb.name} {label}"
             fw_invariants(tr, qs, it.W, it.rows, tau=pb.tau, L=L, label=where, checks=checks, f_lower=lower)

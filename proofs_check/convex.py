@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import math
 
-from .common import SLACK, Tracker, fw_quantities
+import numpy as np
 
-__all__ = ["certify_runs", "cvxpy_anchor"]
+from cola_opt.fw.solver import ChainSolver
+
+from .common import SLACK, Tracker, ball_for, fw_quantities, run_links
+
+__all__ = ["certify_runs", "cvxpy_anchor", "run_certified"]
 
 
 def certify_runs(objective, W0, tau: float, runs) -> tuple[float, float]:
@@ -37,3 +41,27 @@ def cvxpy_anchor(tr: Tracker, problem, lower: float, upper: float) -> tuple[floa
     tr.at_most(ref.lower - upper, 0.0, tol, f"{problem.name}: cvxpy lower vs our upper", "cvxpy")
     tr.at_most(lower - ref.upper, 0.0, tol, f"{problem.name}: our lower vs cvxpy upper", "cvxpy")
     return max(lower, ref.lower), min(upper, ref.upper)
+
+
+def run_certified(tr: Tracker, pb, variants, *, iters: int, broken: str | None, anchor: bool):
+    """Run every variant on ``pb`` through the chain loop, recording its iterates; bracket ``f*`` from them all.
+
+    Args:
+        variants: ``(label, solver keyword arguments, extra)``; ``extra`` is passed through.
+        anchor: also bracket ``f*`` with cvxpy (:func:`cvxpy_anchor`).
+
+    Returns:
+        ``(runs, lower, upper)``: ``runs`` as ``(label, extra, iterates, quantities)`` and the
+        certified bracket on ``f*``.
+    """
+    obj, W0 = pb.objective, pb.W0.astype(np.float64)
+    runs = []
+    for label, kw, extra in variants:
+        solver = ChainSolver(obj, pb.W0, constraint=ball_for(pb.tau, broken), record_rank="bound", **kw)
+        it = run_links(solver, iters)
+        runs.append((label, extra, it, [fw_quantities(obj, W, W0, pb.tau) for W in it.W]))
+        tr.instances += 1
+    lower, upper = certify_runs(obj, W0, pb.tau, runs)
+    if anchor:
+        lower, upper = cvxpy_anchor(tr, pb, lower, upper)
+    return runs, lower, upper
