@@ -2,8 +2,10 @@
 
 Each :class:`Mutation` patches a real function or constant of ``cola_opt`` (a monkeypatch
 of the module attribute the product calls; nothing here subclasses or reimplements a
-solver) for the duration of a ``with`` block. The first five are the mutations of
-issue 13, which passed the earlier checks; the others are slowdowns and a skipped reset.
+solver) for the duration of a ``with`` block. The first six are the mutations of
+issue 13, which passed the earlier checks; then slowdowns and a skipped reset; the last
+five (block FW alone without the shrink, away steps slowed or chosen wrongly, a wrong
+block model) are caught by the descent checks of the away and block steps.
 ``python -m proofs_check --mutations`` runs every claim (quick instances) under each
 mutation and prints which checks caught it; tests/test_theory_mutations.py asserts that
 every mutation is caught by the claims named in ``caught_by``.
@@ -63,6 +65,85 @@ def _away_step_doubled():
         return dataclasses.replace(p, gamma_max=2.0 * p.gamma_max) if isinstance(p, AwayStep) else p
 
     with _setitem(solver.DIRECTIONS, "away", doubled):
+        yield
+
+
+@contextmanager
+def _drop_shrink_block():
+    """The block FW merge alone forgets ``- X`` (``BlockLMO.propose`` answers ``shrink = 0``)."""
+    from cola_opt.fw.oracles import BlockLMO
+
+    block = BlockLMO.propose
+    with _setattr(BlockLMO, "propose", lambda self, state: dataclasses.replace(block(self, state), shrink=0.0)):
+        yield
+
+
+@contextmanager
+def _away_step_halved():
+    """The away step's largest step ``lambda / (1 - lambda)`` halved: atoms never drop (a slowdown)."""
+    from cola_opt.fw import solver
+    from cola_opt.fw.away import AwayStep
+
+    real = solver.DIRECTIONS["away"]
+
+    def halved(fw, state, atoms):
+        p = real(fw, state, atoms)
+        return dataclasses.replace(p, gamma_max=0.5 * p.gamma_max) if isinstance(p, AwayStep) else p
+
+    with _setitem(solver.DIRECTIONS, "away", halved):
+        yield
+
+
+@contextmanager
+def _away_rule_reversed():
+    """The away step taken when it is *less* steep than the FW step (and the FW step when it is steeper)."""
+    import numpy as np
+
+    from cola_opt.fw import solver
+    from cola_opt.fw.away import AwayStep
+
+    real = solver.DIRECTIONS["away"]
+
+    def reversed_rule(fw, state, atoms):
+        if isinstance(real(fw, state, atoms), AwayStep):
+            return fw
+        index, _ = atoms.away_atom(state.G)
+        lam = atoms.weight(index)
+        if lam >= 1.0 - 1e-12:
+            return fw
+        m, n = state.G.shape
+        aB, aA = atoms.atom_factors(index) if index is not None else (np.zeros((m, 1)), np.zeros((1, n)))
+        return AwayStep(-aB, aA, "away", gamma_max=lam / (1.0 - lam), shrink=-1.0, index=index)
+
+    with _setitem(solver.DIRECTIONS, "away", reversed_rule):
+        yield
+
+
+@contextmanager
+def _away_atom_argmin():
+    """The away atom chosen by ``argmin <G, a_i>`` instead of ``argmax`` (``ActiveSet.away_atom``)."""
+    import numpy as np
+
+    from cola_opt.fw.active_set import ActiveSet
+
+    def argmin(self, G):
+        if not len(self):
+            return None, 0.0
+        vals = self.tau * np.sum(self.U * G.matmat(self.V), axis=0)
+        i = int(np.argmin(vals))
+        return (None, 0.0) if self.zero_weight > 1e-12 and vals[i] < 0.0 else (i, float(vals[i]))
+
+    with _setattr(ActiveSet, "away_atom", argmin):
+        yield
+
+
+@contextmanager
+def _block_curvature_x4():
+    """The block oracle's model built with curvature ``4 L`` instead of ``L`` (``BlockLMO.solve``)."""
+    from cola_opt.fw.oracles import BlockLMO
+
+    real = BlockLMO.solve
+    with _setattr(BlockLMO, "solve", lambda self, G, X, ball, L, seed=0: real(self, G, X, ball, 4.0 * L, seed)):
         yield
 
 
@@ -140,13 +221,18 @@ class Mutation:
 MUTATIONS = (
     Mutation("drop_shrink", "FW merge without the shrink term (exact and block steps)", _drop_shrink, ("C1", "C2")),
     Mutation("away_step_x2", "away step's largest step doubled", _away_step_doubled, ("C2",)),
-    Mutation("gap_on_W", "FW gap computed on W instead of X = W - W0", _gap_on_w, ("C1", "C2", "C3")),
+    Mutation("gap_on_W", "FW gap computed on W instead of X = W - W0", _gap_on_w, ("C1", "C2", "C3", "C4")),
     Mutation("link_maximises", "COLA's inner link maximises instead of minimises", _link_maximises, ("C4",)),
     Mutation("cola_step_x4", "COLA step eta x 4", _step_times(4.0), ("C4",)),
     Mutation("cola_step_x10", "COLA step eta x 10", _step_times(10.0), ("C4",)),
     Mutation("short_step_div10", "short step / 10 (a slowdown)", _short_step_slowed, ("C3",)),
     Mutation("open_loop_slow", "open loop 2/(t+20) (a slowdown)", _open_loop_slowed, ("C1",)),
     Mutation("reset_skipped", "knot keeps the optimizer state", _reset_skipped, ("C6",)),
+    Mutation("drop_shrink_block", "block FW merge alone without the shrink term", _drop_shrink_block, ("C2",)),
+    Mutation("away_step_half", "away step's largest step halved (a slowdown)", _away_step_halved, ("C2",)),
+    Mutation("away_rule_reversed", "away step taken when less steep than FW", _away_rule_reversed, ("C2",)),
+    Mutation("away_atom_argmin", "away atom by argmin <G, a> instead of argmax", _away_atom_argmin, ("C2",)),
+    Mutation("block_curv_x4", "block oracle's model with curvature 4 L", _block_curvature_x4, ("C2",)),
 )
 
 

@@ -46,6 +46,52 @@ def test_every_frank_wolfe_claim_checks_the_every_iterate_invariants():
         assert any("+W0(" in pb.name for pb in CLAIMS[name].instances(quick=True)), name  # W0 != 0 instances
 
 
+def test_the_away_pairwise_and_block_steps_get_their_descent_checks():
+    """C2's away, pairwise and block runs are checked against their one-step guarantees, not only monotone f."""
+    result = CLAIMS["C2"].run(quick=True)
+    for check in ("block step", "drop steps", "steeper than FW", "one step (reported gamma)",
+                  "direction (fw steps)", "decrease (fw steps)"):
+        assert result.checks[check].count > 0 and result.checks[check].violations == 0, check
+
+
+def test_c4_asserts_the_oracle_quality_a_priori_on_the_stochastic_instances_too():
+    result = CLAIMS["C4"].run(quick=True)
+    stochastic = [batch for _, _, batch in CLAIMS["C4"].instances(quick=True) if batch is not None]
+    assert stochastic
+    # every link of every instance, full batch and mini-batch, is held to eps_t <= delta g_t
+    assert result.checks["eps <= delta g"].count == 30 * len(CLAIMS["C4"].instances(quick=True))
+    for check in ("stochastic bound", "stochastic, delta", "gap = g_t"):
+        assert result.checks[check].count > 0 and result.checks[check].violations == 0, check
+    assert result.passed
+
+
+def test_every_claim_runs_instances_with_a_nonzero_start():
+    from cola_opt.objectives import problems
+
+    starts = {
+        "C1": [pb.W0 for pb in CLAIMS["C1"].instances()],
+        "C2": [pb.W0 for pb in CLAIMS["C2"].instances()],
+        "C3": [pb.W0 for pb in CLAIMS["C3"].instances()],
+        "C4": [pb.W0 for pb, _, _ in CLAIMS["C4"].instances()],
+        "C5": [pb.W0 for _, pb in CLAIMS["C5"].instances()],
+        "C7": [problems.two_layer_mlp(8, 6, seed=0).W0],  # C7's MLP layers start from a "pretrained" W0
+    }
+    for name, W0s in starts.items():
+        assert any(float(abs(W0).max()) > 0.1 for W0 in W0s), name
+
+
+def test_the_default_run_has_at_least_1000_instances_across_c1_to_c6():
+    """Counted from the instance lists and variants, without running them (the slow test below runs them)."""
+    import inspect
+
+    counts = {name: sum(len(CLAIMS[name].variants(pb, None)) for pb in CLAIMS[name].instances())
+              for name in ("C1", "C2", "C3")}
+    counts["C4"] = len(CLAIMS["C4"].instances())
+    counts["C5"] = 6 * len(CLAIMS["C5"].instances())  # six runs per shape
+    counts["C6"] = inspect.signature(CLAIMS["C6"].run).parameters["instances"].default
+    assert sum(counts.values()) >= 1000, counts
+
+
 @pytest.mark.slow
 def test_full_run_is_green_with_at_least_1000_instances(capsys):
     assert main([]) == 0
