@@ -28,6 +28,7 @@ import platform
 import sys
 import time
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI runs: ``import cola_opt`` sets it before torch loads
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -62,6 +62,7 @@ import tempfile
 import threading
 import time
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI runs: ``import cola_opt`` sets it before torch loads
 import torch
 import torch.nn.functional as F
 

@@ -287,6 +287,8 @@ def test_two_jobs_give_the_records_and_table_of_one_job_and_resume_exactly(tiny_
     assert sorted(r["run_id"] for r in read_records(jsonl)) == sorted(r["run_id"] for r in serial)
     assert [_strip(r) for r in again] == [_strip(r) for r in serial]
     assert (tmp_path / "two" / "table.md").read_text() == table
+    run_grid(_grid(tiny_model_dir, fixtures_dir, tmp_path / "two", jobs=2, **kw))  # all done: nothing to start
+    assert jsonl.read_bytes() == after
 
 
 def test_cell_threads_share_the_cores_under_auto():

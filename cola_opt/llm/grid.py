@@ -229,7 +229,9 @@ class _GridProgress:
                 self.bar.set_postfix_str(run.run_id)
                 self.finish(run, cfg, splits, *_train_cell(cfg, splits))
             return
-        if self.pool is None and cells:
+        if not cells:
+            return
+        if self.pool is None:
             self.pool = _CellPool(self.grid.jobs)
         threads = cell_threads(self.grid.base.threads, self.grid.jobs)
         jobs = [(run_id, cfg.replace(threads=threads), splits) for run_id, (_, cfg, splits) in cells.items()]
