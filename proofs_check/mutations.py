@@ -52,20 +52,23 @@ def _drop_shrink():
         yield
 
 
-@contextmanager
-def _away_step_doubled():
-    """The away step's largest step ``lambda / (1 - lambda)`` doubled."""
-    from cola_opt.fw import solver
-    from cola_opt.fw.away import AwayStep
+def _away_step_times(factor: float):
+    @contextmanager
+    def patch():
+        from cola_opt.fw import solver
+        from cola_opt.fw.away import AwayStep
 
-    real = solver.DIRECTIONS["away"]
+        real = solver.DIRECTIONS["away"]
 
-    def doubled(fw, state, atoms):
-        p = real(fw, state, atoms)
-        return dataclasses.replace(p, gamma_max=2.0 * p.gamma_max) if isinstance(p, AwayStep) else p
+        def scaled(fw, state, atoms):
+            p = real(fw, state, atoms)
+            return dataclasses.replace(p, gamma_max=factor * p.gamma_max) if isinstance(p, AwayStep) else p
 
-    with _setitem(solver.DIRECTIONS, "away", doubled):
-        yield
+        with _setitem(solver.DIRECTIONS, "away", scaled):
+            yield
+
+    patch.__doc__ = f"The away step's largest step ``lambda / (1 - lambda)`` times {factor:g}."
+    return patch
 
 
 @contextmanager
@@ -75,22 +78,6 @@ def _drop_shrink_block():
 
     block = BlockLMO.propose
     with _setattr(BlockLMO, "propose", lambda self, state: dataclasses.replace(block(self, state), shrink=0.0)):
-        yield
-
-
-@contextmanager
-def _away_step_halved():
-    """The away step's largest step ``lambda / (1 - lambda)`` halved: atoms never drop (a slowdown)."""
-    from cola_opt.fw import solver
-    from cola_opt.fw.away import AwayStep
-
-    real = solver.DIRECTIONS["away"]
-
-    def halved(fw, state, atoms):
-        p = real(fw, state, atoms)
-        return dataclasses.replace(p, gamma_max=0.5 * p.gamma_max) if isinstance(p, AwayStep) else p
-
-    with _setitem(solver.DIRECTIONS, "away", halved):
         yield
 
 
@@ -220,7 +207,7 @@ class Mutation:
 
 MUTATIONS = (
     Mutation("drop_shrink", "FW merge without the shrink term (exact and block steps)", _drop_shrink, ("C1", "C2")),
-    Mutation("away_step_x2", "away step's largest step doubled", _away_step_doubled, ("C2",)),
+    Mutation("away_step_x2", "away step's largest step doubled", _away_step_times(2.0), ("C2",)),
     Mutation("gap_on_W", "FW gap computed on W instead of X = W - W0", _gap_on_w, ("C1", "C2", "C3", "C4")),
     Mutation("link_maximises", "COLA's inner link maximises instead of minimises", _link_maximises, ("C4",)),
     Mutation("cola_step_x4", "COLA step eta x 4", _step_times(4.0), ("C4",)),
@@ -229,7 +216,7 @@ MUTATIONS = (
     Mutation("open_loop_slow", "open loop 2/(t+20) (a slowdown)", _open_loop_slowed, ("C1",)),
     Mutation("reset_skipped", "knot keeps the optimizer state", _reset_skipped, ("C6",)),
     Mutation("drop_shrink_block", "block FW merge alone without the shrink term", _drop_shrink_block, ("C2",)),
-    Mutation("away_step_half", "away step's largest step halved (a slowdown)", _away_step_halved, ("C2",)),
+    Mutation("away_step_half", "away step's largest step halved (a slowdown)", _away_step_times(0.5), ("C2",)),
     Mutation("away_rule_reversed", "away step taken when less steep than FW", _away_rule_reversed, ("C2",)),
     Mutation("away_atom_argmin", "away atom by argmin <G, a> instead of argmax", _away_atom_argmin, ("C2",)),
     Mutation("block_curv_x4", "block oracle's model with curvature 4 L", _block_curvature_x4, ("C2",)),
