@@ -104,7 +104,7 @@ def table(rows: list[dict], metric_name: str, baseline: str, lrs: dict) -> str:
         growth = " → ".join(_fmt(g, 0) for g in r.get("rank_growth", [])) or "-"
         lines.append(
             f"| {r['method']} | {lrs.get(r['method'], '-'):g} | {r['mean']:.1f} ± {r['std']:.1f} | "
-            f"{('%+.1f' % r['diff']) if 'diff' in r else '-'} | {_fmt(r.get('t_p'), 3)} | {boot} | "
+            f"{format(r['diff'], '+.1f') if 'diff' in r else '-'} | {_fmt(r.get('t_p'), 3)} | {boot} | "
             f"{r.get('wins', '-')}/{r['seeds']} | {_fmt(r.get('gap_closed') and 100 * r['gap_closed'], 0)}"
             f"{'%' if r.get('gap_closed') is not None else ''} | {r['trainable'] or '-':,} | "
             f"{_fmt(r['step_s'], 2)} | {_fmt(r['rss_mb'], 0)} | {_fmt(r.get('rank_final'), 0)} | "

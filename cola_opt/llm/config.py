@@ -120,6 +120,10 @@ class FinetuneConfig:
         False, "method galore: also train every weight outside target_modules with plain Adam (GaLore's scripts); "
         "false: freeze them", late=True,
     )
+    eval_every: int = _f(
+        0, "also evaluate on dev every this many optimizer steps, not only after each epoch (optimizer steps; "
+        "0 = after each epoch only): a curve for runs shorter than an epoch", late=True,
+    )
     max_length: int = _f(
         256, "most tokens per prompt plus answer, longer prompts lose their start, counted and warned about; for "
         "--task text, tokens per packed block (tokens; with SmolLM2, 256 cuts 75-78%% of MultiRC prompts and a few "

@@ -173,6 +173,7 @@ def _validate_robustness(cfg: FinetuneConfig, method: Method) -> None:
     if cfg.nonfinite not in GUARD_POLICIES:
         raise ValueError(f"nonfinite {cfg.nonfinite!r} must be one of {GUARD_POLICIES}")
     integer(cfg.max_consecutive_skips, "max_consecutive_skips", 1)
+    integer(cfg.eval_every, "eval_every", 0)
     if not isinstance(cfg.update_rank, bool):
         raise ValueError(f"update_rank must be true or false, got {cfg.update_rank!r}")
     if cfg.update_rank and not method.trains:

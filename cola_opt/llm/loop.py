@@ -105,7 +105,7 @@ class TrainingLoop:
                 if self.threads is not None:
                     self.threads.after_step(self.chain.step_count)
                 self.report(loss, knot)
-                if step.last_of_epoch or self.done:
+                if step.last_of_epoch or self.done or self.eval_due():
                     self.dev_evaluation(step.epoch)
                 if self.ckpt.due(self.total_steps, interrupt.requested is not None):
                     self.ckpt.save(step.next_position())
@@ -166,6 +166,10 @@ class TrainingLoop:
         self.bar.update(1)
         if knot is not None:
             self.chatter(f"knot {knot.link + 1} tied at step {knot.step} in {knot.seconds * 1e3:.1f} ms")
+
+    def eval_due(self) -> bool:
+        """Whether ``cfg.eval_every`` asks for a dev evaluation after this step."""
+        return self.cfg.eval_every > 0 and self.chain.step_count % self.cfg.eval_every == 0
 
     def dev_evaluation(self, epoch: int) -> None:
         """Evaluate on dev after epoch ``epoch`` (0-based) and log it, with a line."""
