@@ -46,6 +46,7 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 METHODS = ("lora-r8", "lora-r64", "cola4-r8", "cola8-r1", "full", "galore-r8",
            "lora-r1", "cola2-r8", "cola8-r8", "relora4-r8")
 BASELINE = "lora-r8"
+METHOD_LRS = "full=3e-5,1e-4,3e-4;galore-r8=1e-3,3e-3,1e-2"
 
 
 # ----------------------------------------------------------------------------- workloads
@@ -96,7 +97,8 @@ def base_config(args, data: dict):
 
     common = dict(model=args.model, max_steps=args.steps, batch_size=args.batch_size, rank=8,
                   target_modules=tuple(args.targets.split(",")), update_rank=True, progress=False,
-                  max_length=args.max_length, autocast=args.autocast)
+                  max_length=args.max_length, autocast=args.autocast, eval_every=args.eval_every,
+                  threads=int(args.threads) if args.threads.isdigit() else args.threads)
     if args.workload == "memorize":
         return FinetuneConfig(task="completion", train_file=str(data["pairs"]), dev_file=str(data["pairs"]),
                               test_file=str(data["pairs"]), n_train=args.pairs, n_dev=args.dev_pairs,
@@ -109,15 +111,18 @@ def base_config(args, data: dict):
 def run_study(args) -> list[dict]:
     """Write the workload, then run (or resume) the grid; return its records."""
     from cola_opt.llm.grid import GridConfig, run_grid
+    from cola_opt.llm.grid_plan import parse_method_lrs
 
     out = Path(args.out)
     if args.workload == "memorize":
         data = {"pairs": memorize_data(out / "data", args.pairs, args.hex_digits, args.data_seed)}
     else:
         data = cpt_data(out / "data")
-    grid = GridConfig(base=base_config(args, data), tasks=(base_config(args, data).task,),
-                      methods=tuple(args.methods.split(",")), seeds=args.seeds,
-                      lrs=tuple(float(x) for x in args.lrs.split(",")), lr_select="method", out=str(out / "grid"))
+    methods = tuple(args.methods.split(","))
+    grid = GridConfig(base=base_config(args, data), tasks=(base_config(args, data).task,), methods=methods, seeds=args.seeds,
+                      lrs=tuple(float(x) for x in args.lrs.split(",")), lr_select="method",
+                      method_lrs={m: v for m, v in parse_method_lrs(args.method_lrs).items() if m in methods},
+                      out=str(out / "grid"), jobs=args.jobs)
     return run_grid(grid)
 
 
@@ -167,7 +172,13 @@ def parse(argv=None):
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--methods", default=",".join(METHODS), help="grid method names (cola_opt.llm.methods)")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="LR grid, chosen per method on dev at seed 0")
+    ap.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="LR grid of the LoRA methods (LoRA, COLA, ReLoRA), "
+                    "chosen per method on dev at seed 0")
+    ap.add_argument("--method-lrs", default=METHOD_LRS, help="the LR grids of the other methods "
+                    "(METHOD=LR,LR;...; full fine-tuning and GaLore train on other LR scales)")
+    ap.add_argument("--eval-every", type=int, default=25, help="dev evaluation every this many steps (the curve)")
+    ap.add_argument("--threads", default="1", help="torch threads per run (run niced, beside other work)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once, one process each")
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps of every run")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--targets", default="q_proj,v_proj", help="target_modules of every method")

@@ -67,14 +67,12 @@ def _csv(kind):
 
 
 def _method_lrs(text: str) -> dict[str, tuple[float, ...]]:
-    """``'full=1e-5,1e-4;galore=1e-3'`` -> ``{'full': (1e-5, 1e-4), 'galore': (1e-3,)}``."""
-    out = {}
-    for part in (p.strip() for p in text.split(";") if p.strip()):
-        name, sep, values = part.partition("=")
-        if not sep or not name.strip():
-            raise argparse.ArgumentTypeError(f"{part!r} is not METHOD=LR[,LR...]")
-        out[name.strip()] = _csv(float)(values)
-    return out
+    from .grid_plan import parse_method_lrs
+
+    try:
+        return parse_method_lrs(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _bool(text: str) -> bool:

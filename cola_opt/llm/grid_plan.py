@@ -53,7 +53,7 @@ from .plan import plan_steps
 from .tasks import Splits, dev_cap, task_name
 
 __all__ = ["ALL_TASKS", "DEFAULT_METHODS", "LR_JUDGE", "PAPER_LRS", "GridConfig", "Run", "choose_lrs",
-           "main_runs", "method_changes", "run_config", "search_runs"]
+           "main_runs", "method_changes", "parse_method_lrs", "run_config", "search_runs"]
 
 PAPER_LRS = (1e-3, 8e-4, 5e-4, 1e-4, 5e-5)
 ALL_TASKS = ("sst2", "rte", "cb", "wic", "wsc", "boolq", "multirc")
@@ -173,6 +173,25 @@ class GridConfig:
         """Plain JSON-ready dict: the grid's fields, ``base`` as :meth:`FinetuneConfig.to_dict`."""
         d = {k: v for k, v in vars(self).items() if k != "base"}
         return {**{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, "base": self.base.to_dict()}
+
+
+def parse_method_lrs(text: str) -> dict[str, tuple[float, ...]]:
+    """``'full=1e-5,1e-4;galore=1e-3'`` -> ``{'full': (1e-5, 1e-4), 'galore': (1e-3,)}`` (``method_lrs``).
+
+    Raises:
+        ValueError: naming a part that is not ``METHOD=LR[,LR...]``.
+    """
+    out = {}
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        name, sep, values = part.partition("=")
+        try:
+            lrs = tuple(float(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            lrs = ()
+        if not sep or not name.strip() or not lrs:
+            raise ValueError(f"{part!r} is not METHOD=LR[,LR...]")
+        out[name.strip()] = lrs
+    return out
 
 
 def method_changes(method: str, rank: int, lora_alpha: float | None = None) -> dict:
