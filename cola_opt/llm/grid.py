@@ -317,5 +317,6 @@ class _CellPool:
             raise
 
     def close(self) -> None:
-        self.pool.terminate()
+        """Let the workers exit (they are idle once every result is in; after an error they are already stopped)."""
+        self.pool.close()
         self.pool.join()
