@@ -15,7 +15,7 @@ timed ones, the median step time (seconds), tokens/s (real, non-pad tokens of th
 steps over their summed wall time) and examples/s; per task the ratio bucketed / plain of
 tokens/s (the gain) and of the median step time.
 
-    python benchmarks/bucketing.py --json benchmarks/results/bucketing.json    # about 8 min on 2 idle cores
+    python benchmarks/bucketing.py --json benchmarks/results/bucketing.json    # about 5-8 min on 2 idle cores
     python benchmarks/bucketing.py --quick                                     # smoke test, 2 timed steps
 """
 
