@@ -13,7 +13,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..chain.lr_schedules import LR_SCHEDULES
 from ..chain.reset import make_reset_policy
@@ -27,8 +27,8 @@ from .precision import resolve_autocast
 from .tasks import is_user_task, task_name
 from .threads import check_threads
 
-if TYPE_CHECKING:
-    from .config import FinetuneConfig
+# A FinetuneConfig (cola_opt.llm.config imports this module, so the type is not imported back).
+Config = Any
 
 __all__ = ["RESUME_MODES", "USER_TASK_OPTIONS", "check_chain_length", "validate_config"]
 
@@ -50,7 +50,7 @@ def check_chain_length(value) -> int:
     return value
 
 
-def validate_config(cfg: FinetuneConfig) -> None:
+def validate_config(cfg: Config) -> None:
     """Check every field that can be checked without data or a model; record what will run.
 
     Three fields are replaced by what they mean: ``autocast="auto"`` by the precision
@@ -98,7 +98,7 @@ def validate_config(cfg: FinetuneConfig) -> None:
     _validate_robustness(cfg, method)
     _validate_precision(cfg, method)
 
-def _validate_precision(cfg: FinetuneConfig, method: Method) -> None:
+def _validate_precision(cfg: Config, method: Method) -> None:
     """The fp32 master copy: only over low-precision LoRA weights, and not with checkpoints."""
     if not isinstance(cfg.fp32_master, bool):
         raise ValueError(f"fp32_master must be true or false, got {cfg.fp32_master!r}")
@@ -114,7 +114,7 @@ def _validate_precision(cfg: FinetuneConfig, method: Method) -> None:
         raise ValueError(f"fp32_master with checkpoint_every={cfg.checkpoint_every}: the master copy is not in "
                          "the checkpoint, so a resume would merge into a stale one; pass --checkpoint-every 0")
 
-def _validate_task(cfg: FinetuneConfig) -> None:
+def _validate_task(cfg: Config) -> None:
     """The task; the options of a user's data (only with a user task, :data:`USER_TASK_OPTIONS`)."""
     if is_user_task(cfg.task):
         if cfg.candidates is not None and not isinstance(cfg.candidates, str):
@@ -130,7 +130,7 @@ def _validate_task(cfg: FinetuneConfig) -> None:
             raise ValueError(f"{name} {getattr(cfg, name)!r} is an option of your own data: it needs --task text, "
                              f"completion or classification, and task {cfg.task!r} is built in")
 
-def _validate_chain(cfg: FinetuneConfig, method: Method) -> None:
+def _validate_chain(cfg: Config, method: Method) -> None:
     """Chain length, knots, LoRA settings and link ranks."""
     if not method.knots and cfg.knot_steps is not None:
         raise ValueError(f"knot_steps {list(cfg.knot_steps)} needs a method with knots (cola, relora), "
@@ -151,7 +151,7 @@ def _validate_chain(cfg: FinetuneConfig, method: Method) -> None:
         if cfg.link_ranks[0] != cfg.rank:
             raise ValueError(f"link_ranks[0] = {cfg.link_ranks[0]} must equal rank = {cfg.rank} (the first link's rank)")
 
-def _validate_schedule_and_galore(cfg: FinetuneConfig) -> None:
+def _validate_schedule_and_galore(cfg: Config) -> None:
     """LR schedule, re-warm-up and GaLore settings (checked whatever the method, so a grid's base is whole)."""
     if cfg.lr_schedule is not None and cfg.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule {cfg.lr_schedule!r} must be one of {LR_SCHEDULES} or none (the method's)")
@@ -163,7 +163,7 @@ def _validate_schedule_and_galore(cfg: FinetuneConfig) -> None:
     if not isinstance(cfg.galore_train_others, bool):
         raise ValueError(f"galore_train_others must be true or false, got {cfg.galore_train_others!r}")
 
-def _validate_robustness(cfg: FinetuneConfig, method: Method) -> None:
+def _validate_robustness(cfg: Config, method: Method) -> None:
     """Checkpoint, resume, non-finite and export fields."""
     c = cfg.checkpoint_every
     if isinstance(c, bool) or not isinstance(c, int) or c < 0:
