@@ -320,7 +320,7 @@ def test_smollm2_end_to_end_with_chain_knots_and_export(kind, data, tmp_path, ca
     assert again["loss"] == pytest.approx(r["test"]["loss"], rel=1e-4)  # the export is the trained model
 
 
-def test_eval_every_adds_dev_points_and_leaves_training_unchanged(tiny_model_dir, data, tmp_path, deterministic):
+def test_eval_every_and_dev_each_epoch_set_the_dev_points_and_leave_training_unchanged(tiny_model_dir, data, tmp_path, deterministic):
     """Dev evaluations every 3 steps (12 steps, 4 per epoch): points at 3, 4, 6, 8, 9, 12; the same losses and test."""
     base = dict(task="completion", model=str(tiny_model_dir), train_file=str(data / "pairs.jsonl"), n_train=16,
                 n_dev=4, n_test=4, epochs=3, batch_size=4, knot_steps=(4, 8), lora_dropout=0.1, lr=1e-2,
@@ -331,5 +331,8 @@ def test_eval_every_adds_dev_points_and_leaves_training_unchanged(tiny_model_dir
     assert [d["step"] for d in every["dev_history"]] == [3, 4, 6, 8, 9, 12]
     assert every["train_loss"] == plain["train_loss"] and every["test"] == plain["test"]
     assert every["dev_history"][-1] == plain["dev_history"][-1]
+    last = finetune(FinetuneConfig(**base, dev_each_epoch=False, output_dir=str(tmp_path / "last")))
+    assert [d["step"] for d in last["dev_history"]] == [12] and last["train_loss"] == plain["train_loss"]
+    assert last["dev_history"][-1] == plain["dev_history"][-1]
     with pytest.raises(ValueError, match="eval_every = -1 must be an integer >= 0"):
         FinetuneConfig(**base, eval_every=-1).validate()

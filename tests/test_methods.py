@@ -39,7 +39,7 @@ def test_field_roles_give_the_lists_that_were_kept_by_hand():
                                         "text_field", "prompt_field", "completion_field", "label_field", "template",
                                         "candidates", "label_prefix", "chat_template", "text_glob", "relora_reset",
                                         "lr_schedule", "restart_warmup_steps", "galore_rank", "galore_update_proj_gap",
-                                        "galore_scale", "galore_train_others", "eval_every"}
+                                        "galore_scale", "galore_train_others", "eval_every", "dev_each_epoch"}
     shared = FinetuneConfig().shared_settings()
     assert "nonfinite" not in shared and FinetuneConfig(nonfinite="skip").shared_settings()["nonfinite"] == "skip"
     assert not {"data_dir", "device", "eval_batch_size", "checkpoint_every", "resume", "lr", "task"} & set(shared)

@@ -120,6 +120,10 @@ class FinetuneConfig:
         False, "method galore: also train every weight outside target_modules with plain Adam (GaLore's scripts); "
         "false: freeze them", late=True,
     )
+    dev_each_epoch: bool = _f(
+        True, "evaluate on dev after each epoch; false: only after the last step (and every --eval-every steps), "
+        "which saves the evaluations of a long grid whose LR choice reads the final dev result", late=True,
+    )
     eval_every: int = _f(
         0, "also evaluate on dev every this many optimizer steps, not only after each epoch (optimizer steps; "
         "0 = after each epoch only): a curve for runs shorter than an epoch", late=True,

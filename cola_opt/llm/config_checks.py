@@ -174,6 +174,8 @@ def _validate_robustness(cfg: Config, method: Method) -> None:
         raise ValueError(f"nonfinite {cfg.nonfinite!r} must be one of {GUARD_POLICIES}")
     integer(cfg.max_consecutive_skips, "max_consecutive_skips", 1)
     integer(cfg.eval_every, "eval_every", 0)
+    if not isinstance(cfg.dev_each_epoch, bool):
+        raise ValueError(f"dev_each_epoch must be true or false, got {cfg.dev_each_epoch!r}")
     if not isinstance(cfg.update_rank, bool):
         raise ValueError(f"update_rank must be true or false, got {cfg.update_rank!r}")
     if cfg.update_rank and not method.trains:

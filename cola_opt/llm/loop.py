@@ -105,7 +105,7 @@ class TrainingLoop:
                 if self.threads is not None:
                     self.threads.after_step(self.chain.step_count)
                 self.report(loss, knot)
-                if step.last_of_epoch or self.done or self.eval_due():
+                if (step.last_of_epoch and self.cfg.dev_each_epoch) or self.done or self.eval_due():
                     self.dev_evaluation(step.epoch)
                 if self.ckpt.due(self.total_steps, interrupt.requested is not None):
                     self.ckpt.save(step.next_position())
