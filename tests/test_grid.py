@@ -305,3 +305,12 @@ def test_bad_jobs_fail_before_any_run(tiny_model_dir, fixtures_dir, tmp_path, ca
         err = capsys.readouterr().err
         assert code == 2 and f"jobs {bad} must be an integer >= 1" in err and err.count("\n") == 1, err
     assert not (tmp_path / "g").exists()
+
+
+def test_multirc_records_carry_its_official_metrics(tiny_model_dir, fixtures_dir, tmp_path):
+    """The grid's line of a MultiRC run holds F1a and per-question EM beside accuracy; other tasks' lines do not."""
+    recs = run_grid(_grid(tiny_model_dir, fixtures_dir, tmp_path, methods=("zero-shot",), seeds=1, lrs=(1e-2,)))
+    by_task = {r["task"]: r for r in recs}
+    official = by_task["multirc"]["test_official"]
+    assert set(official) == {"f1a", "exact_match", "questions"} and 0 <= official["f1a"] <= 1
+    assert official["questions"] >= 1 and "test_official" not in by_task["boolq"]

@@ -110,6 +110,9 @@ def _record(grid: GridConfig, run: Run, cfg: FinetuneConfig, splits: Splits, res
             test_accuracy=res["test"]["accuracy"],
             test_correct="".join(str(int(p == y)) for p, y in zip(res["test"]["predictions"], labels)),
         )
+        official = {k: res["test"][k] for k in OFFICIAL_METRICS if k in res["test"]}
+        if official:  # a task's official metrics beside accuracy (MultiRC: F1a, EM per question)
+            rec["test_official"] = official
     else:  # a language-model task: its headline metric, losses, and per-item values for the paired tests
         rec.update(lm_record_fields(res))
     rec.update(
@@ -127,6 +130,9 @@ def _record(grid: GridConfig, run: Run, cfg: FinetuneConfig, splits: Splits, res
         update_rank=summarise_records(res["update_rank"]) if res.get("update_rank") else None,
     )
     return rec
+
+
+OFFICIAL_METRICS = ("f1a", "exact_match", "questions")  # what cola_opt.llm.tasks.task_metrics may add
 
 
 class _Draws:
