@@ -13,6 +13,9 @@ benchmark measures what a user's run computes. No checkpoints, no evaluation.
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +30,7 @@ from cola_opt.llm.loop import TrainingLoop
 from cola_opt.llm.models import load_model
 from cola_opt.llm.plan import draw
 from cola_opt.llm.runlog import RunLog
+from cola_opt.llm.threads import usable_cores
 from cola_opt.llm.trainer import build_chain, make_batch_order, make_objective
 
 PLANNED_STEPS = 1_000_000  # the LR schedule's horizon: the LR stays at its peak over a benchmark's few steps
@@ -100,3 +104,18 @@ def median(xs: list[float]) -> float:
         return float("nan")
     mid = len(xs) // 2
     return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def run_meta(args, load_before: float, t0: float, **extra) -> dict:
+    """A benchmark run's record: threads, cores, batch, steps, ``extra``, host, CPU, load before and after, seconds."""
+    return {"threads": args.threads, "cores": usable_cores(), "batch_size": args.batch_size, "steps": args.steps,
+            **extra, "host": platform.node(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "load_before": load_before, "load_after": os.getloadavg()[0], "seconds": time.perf_counter() - t0}
+
+
+def write_json(path: str | None, record: dict) -> None:
+    """Write ``record`` to ``path`` (folders made as needed); nothing when ``path`` is empty."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(record, f, indent=1)

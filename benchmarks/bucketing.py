@@ -22,9 +22,7 @@ tokens/s (the gain) and of the median step time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 
@@ -32,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI runs: ``import
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _product import build_run, median, run_config
+from _product import build_run, median, run_config, run_meta, write_json
 
 from cola_opt.llm.batching import padding_fraction
 from cola_opt.llm.threads import usable_cores
@@ -106,9 +104,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     results = [measure_task(t.strip(), args) for t in args.tasks.split(",") if t.strip()]
-    meta = {"threads": args.threads, "cores": usable_cores(), "autocast": results[0]["autocast"], "batch_size": args.batch_size, "steps": args.steps, "host": platform.node(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_before": load,
-            "load_after": os.getloadavg()[0], "seconds": time.perf_counter() - t0}
+    meta = run_meta(args, load, t0, autocast=results[0]["autocast"])
     print(f"bucket_by_length false vs true: SmolLM2 LoRA r=8, batch {args.batch_size}, {args.threads} threads, "
           f"autocast {meta['autocast']}, {args.steps} timed steps per order (load {load:.1f} -> {meta['load_after']:.1f})")
     print("| task | order | padding (epoch) | padding (timed) | median step s | tokens/s | examples/s |")
@@ -120,10 +116,7 @@ def main(argv=None) -> int:
     for r in results:
         print(f"{r['task']}: bucketed / plain tokens/s = {r['tokens_per_second_ratio']:.2f}x; "
               f"median step time ratio {r['median_step_ratio']:.2f}")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "tasks": results}, f, indent=1)
+    write_json(args.json, {"meta": meta, "tasks": results})
     return 0
 
 

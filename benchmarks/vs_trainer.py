@@ -54,9 +54,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -67,7 +65,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _product import build_run, median, run_config
+from _product import build_run, median, run_config, run_meta, write_json
 
 from cola_opt.llm.models import resolve_model_dir
 from cola_opt.llm.threads import usable_cores
@@ -284,10 +282,7 @@ def main(argv=None) -> int:
     transformers.logging.set_verbosity_error()
     load, t0 = os.getloadavg()[0], time.perf_counter()
     results = [measure_task(t.strip(), args) for t in args.tasks.split(",") if t.strip()]
-    meta = {"threads": args.threads, "cores": usable_cores(), "batch_size": args.batch_size, "steps": args.steps,
-            "block": args.block, "host": platform.node(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "transformers": transformers.__version__, "load_before": load, "load_after": os.getloadavg()[0],
-            "seconds": time.perf_counter() - t0}
+    meta = run_meta(args, load, t0, block=args.block, transformers=transformers.__version__)
     print(f"ours vs transformers.Trainer + PEFT LoRA: SmolLM2 r=8, batch {args.batch_size}, {args.threads} threads, "
           f"{args.steps} timed steps per row (load {load:.1f} -> {meta['load_after']:.1f})")
     print("| task | row | autocast | median step s | tokens/s | examples/s | padding |")
@@ -304,10 +299,7 @@ def main(argv=None) -> int:
         if r["same_batches_as_trainer"]:
             print(f"{r['task']}: the same batches (tokens per step) as trainer: {r['same_batches_as_trainer']}")
         print(f"{r['task']}: q_proj computed in " + ", ".join(f"{k} {'/'.join(v)}" for k, v in r["matmul_dtypes"].items()))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "tasks": results}, f, indent=1)
+    write_json(args.json, {"meta": meta, "tasks": results})
     return 0
 
 

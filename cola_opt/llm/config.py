@@ -218,11 +218,8 @@ class FinetuneConfig:
     def validate(self) -> None:
         """Check every field that can be checked without data or a model; record what will run.
 
-        Three fields are replaced by what they mean: ``autocast="auto"`` by the precision
-        it resolves to on this machine (:func:`cola_opt.llm.precision.resolve_autocast`),
-        ``chain_length`` by 1 for a method without knots (``lora``, ``full``,
-        ``zero-shot``), and a path-like folder by its string. ``model`` is checked to be a
-        built-in name, an existing folder or a hub id (no hub is asked).
+        See :func:`cola_opt.llm.config_checks.validate_config` (which fields it replaces by
+        what they mean, such as ``autocast="auto"`` by the precision that runs).
 
         Raises:
             ValueError: naming the first bad value.
