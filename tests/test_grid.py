@@ -1,5 +1,6 @@
 """The grid runner: plan, LR choice on dev, resume after a kill, and its report."""
 
+import json
 import os
 import subprocess
 import sys
@@ -314,3 +315,34 @@ def test_multirc_records_carry_its_official_metrics(tiny_model_dir, fixtures_dir
     official = by_task["multirc"]["test_official"]
     assert set(official) == {"f1a", "exact_match", "questions"} and 0 <= official["f1a"] <= 1
     assert official["questions"] >= 1 and "test_official" not in by_task["boolq"]
+
+
+def test_a_grid_config_round_trips_through_grid_json():
+    base = FinetuneConfig(task="cb", target_modules=("q_proj", "k_proj"), knot_steps=(3, 6), n_dev=7)
+    grid = GridConfig(base=base, tasks=("cb", "rte"), methods=("lora", "full"), lrs=(1e-3, 5e-4),
+                      method_lrs={"full": (1e-5,)}, seeds=2, jobs=2)
+    back = GridConfig.from_dict(json.loads(json.dumps({"fingerprint": grid.fingerprint(), **grid.to_dict()})))
+    assert back == grid and back.fingerprint() == grid.fingerprint()
+    with pytest.raises(ValueError, match=r"not GridConfig fields: \['colour'\]"):
+        GridConfig.from_dict({**grid.to_dict(), "colour": 1})
+
+
+def test_report_folder_tabulates_a_stopped_grid_and_the_grid_tables_as_it_goes(tiny_model_dir, fixtures_dir,
+                                                                                tmp_path, monkeypatch):
+    from cola_opt.llm.grid import report_folder
+
+    grid = _grid(tiny_model_dir, fixtures_dir, tmp_path, tasks=("boolq",), methods=("zero-shot", "lora"), seeds=2,
+                 lrs=(1e-2,))
+    written = []
+    real = grid_module.write_report
+    monkeypatch.setattr(grid_module, "write_report", lambda g, recs, *a, **k: written.append(len(recs)) or real(
+        g, recs, *a, **k))
+    run_grid(grid)
+    assert written == [1, 2, 3, 4, 4]  # after each of the 4 runs, then the final report
+    monkeypatch.undo()
+    full_table = (tmp_path / "table.md").read_text()
+    assert report_folder(tmp_path) == full_table  # the records alone give the grid's own table
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "runs.jsonl").write_text("".join(lines[:-1]))  # stopped before its last run (lora, seed 1)
+    partial = report_folder(tmp_path)
+    assert "(n=1)" in partial and partial != full_table and (tmp_path / "table.md").read_text() == partial

@@ -273,6 +273,19 @@ class FinetuneConfig:
         """Plain JSON-ready dict of all fields."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, saved: dict) -> FinetuneConfig:
+        """The config of a :meth:`to_dict` (lists back to tuples; late fields it lacks at their ``before`` value).
+
+        Raises:
+            ValueError: naming a key that is not a field.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(saved) - names)
+        if unknown:
+            raise ValueError(f"not FinetuneConfig fields: {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in with_late_defaults(saved).items()})
+
     def shared_settings(self) -> dict:
         """The fingerprinted settings that a grid's runs share (role ``grid="shared"``), as in :meth:`to_dict`.
 

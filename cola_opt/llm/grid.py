@@ -53,8 +53,19 @@ from .threads import usable_cores
 from .trainer import finetune
 from .update_rank import summarise_records
 
-__all__ = ["ALL_TASKS", "DEFAULT_METHODS", "PAPER_LRS", "GridConfig", "Run", "cell_threads", "choose_lrs",
-           "method_changes", "read_records", "run_grid"]
+__all__ = [
+    "ALL_TASKS",
+    "DEFAULT_METHODS",
+    "PAPER_LRS",
+    "GridConfig",
+    "Run",
+    "cell_threads",
+    "choose_lrs",
+    "method_changes",
+    "read_records",
+    "report_folder",
+    "run_grid",
+]
 
 
 # ----------------------------------------------------------------------------- the record file
@@ -196,6 +207,7 @@ class _GridProgress:
     def __init__(self, grid: GridConfig, path: Path, data: _Draws, done: dict[str, dict]) -> None:
         self.grid, self.path, self.data, self.done = grid, path, data, done
         self.pool: _CellPool | None = None
+        self.chosen: dict | None = None  # the LRs, once the search is done: the table is rewritten after each run
 
     def run_all(self) -> tuple[list[dict], dict]:
         """The LR search, the LR choice, then the main runs: the records of all, in run order, and the LRs chosen.
@@ -213,7 +225,7 @@ class _GridProgress:
         self.bar.update(resumed)
         try:
             self.run(search)
-            chosen = choose_lrs(grid, list(done.values()))
+            chosen = self.chosen = choose_lrs(grid, list(done.values()))
             main = main_runs(grid, chosen)
             late = sum(1 for r in main if r.run_id in done and r not in search)
             self.bar.update(late)
@@ -255,6 +267,26 @@ class _GridProgress:
         value = metric.text(record_value(rec, "test"))
         self.bar.write(f"{run.run_id}: test {metric.name} {value}{'%' if metric.percent and value != '-' else ''}"
                        f"{'' if err is None else ' (' + err.split(';')[0] + ')'}")
+        if self.chosen is not None:  # every finished cell lands in the table at once ("(n=k)" while seeds are missing)
+            write_report(self.grid, list(self.done.values()), self.chosen)
+
+
+def report_folder(out: str | os.PathLike) -> str | None:
+    """Write the report of a grid folder from its ``grid.json`` and ``runs.jsonl`` alone: a running or stopped grid.
+
+    Records are those with the grid's fingerprint (the last line of a run id wins);
+    missing seeds show as ``(n=k)``. Returns the table, or ``None`` while an LR-search run
+    is missing.
+
+    Raises:
+        FileNotFoundError: ``out`` holds no ``grid.json``.
+    """
+    out = Path(out)
+    saved = json.loads((out / "grid.json").read_text(encoding="utf-8"))
+    grid = GridConfig.from_dict({**saved, "out": str(out)})
+    records = list({r["run_id"]: r for r in read_records(out / "runs.jsonl", grid.fingerprint())}.values())
+    chosen = choose_lrs(grid, records)
+    return None if chosen is None else write_report(grid, records, chosen)
 
 
 # ----------------------------------------------------------------------------- cells in parallel

@@ -39,6 +39,7 @@ breaks a tie of exact match; remaining ties: the earlier LR in ``lrs``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -168,6 +169,21 @@ class GridConfig:
         """
         shared = {**self.base.shared_settings(), "stepdown_at": self.stepdown_at}
         return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> GridConfig:
+        """The grid of a :meth:`to_dict` (or of a grid folder's ``grid.json``; its ``fingerprint`` key is ignored).
+
+        Raises:
+            ValueError: naming a key that is not a field.
+        """
+        d = {k: v for k, v in saved.items() if k != "fingerprint"}
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(d) - names:
+            raise ValueError(f"not GridConfig fields: {sorted(set(d) - names)}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        d["method_lrs"] = {m: tuple(v) for m, v in d.get("method_lrs", {}).items()}
+        return cls(**{**d, "base": FinetuneConfig.from_dict(saved["base"])})
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict: the grid's fields, ``base`` as :meth:`FinetuneConfig.to_dict`."""
