@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cola_opt.llm.grid import report_folder  # noqa: E402
+from cola_opt.llm.grid import report_folder
 
 
 def main(argv: list[str]) -> int:
