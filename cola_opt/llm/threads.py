@@ -4,7 +4,11 @@ Why a policy: on a 2-core machine a 2-thread SmolLM2 training step took 200-370 
 instead of about 2 s while five other busy processes shared the cores (issue 12). Each
 parallel region of a step waits at its barrier for the one thread the scheduler has
 descheduled, so the whole step runs at the pace of the unluckiest thread; one thread per
-process keeps its fair share instead (about 5 x 2 s = 10 s there).
+process keeps its fair share instead (about 5 x 2 s = 10 s there). Measured side by side
+(``benchmarks/threads.py``, docs/benchmarks.md): with OpenMP's spinning wait a 2-thread
+step beside 3 busy neighbours took 11.9x the idle 1-thread step (5.9x its fair share),
+``auto`` 4.4x; under ``OMP_WAIT_POLICY=PASSIVE``, which ``import cola_opt`` sets, every
+setting stayed within 1.3x of its fair share and ``auto`` within 6% of the best one.
 
 ``auto`` (:class:`ThreadPolicy`) counts the *other* runnable work: the median, over a few
 samples 5 ms apart, of the kernel's count of runnable threads (``procs_running`` in
