@@ -260,7 +260,7 @@ def test_a_failed_export_never_loses_a_finished_run(tiny_model_dir, super_glue_d
 
     cfg = FinetuneConfig(model=str(tiny_model_dir), task="wsc", data_dir=str(super_glue_dir), n_train=8, n_dev=2,
                          n_test=4, max_steps=2, batch_size=4, method="lora", autocast="none", progress=False,
-                         output_dir=str(tmp_path / "runs"), checkpoint_every=1, export_dir=str(tmp_path / "export"))
+                         output_dir=str(tmp_path / "runs"), checkpoint_every=1, export_dir=str(tmp_path / "export"), threads=1)
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

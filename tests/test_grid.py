@@ -25,12 +25,12 @@ def _grid_args(model_dir, data_dir):
     return ["--model", str(model_dir), "--data-dir", str(data_dir), "--tasks", "boolq,multirc",
             "--methods", "zero-shot,lora,cola2", "--seeds", "2", "--lrs", "5e-2,1e-2", "--lr-select", "task",
             "--n-train", "8", "--n-dev", "3", "--n-test", "100", "--epochs", "2", "--batch-size", "2",
-            "--autocast", "none", "--progress", "false"]
+            "--autocast", "none", "--threads", "1", "--progress", "false"]
 
 
 def _grid(model_dir, data_dir, out, **kw):
     base = FinetuneConfig(model=str(model_dir), data_dir=str(data_dir), n_train=8, n_dev=3, n_test=100, epochs=2,
-                          batch_size=2, autocast="none")
+                          batch_size=2, autocast="none", threads=1)  # auto would depend on the load
     args = dict(base=base, tasks=("boolq", "multirc"), methods=("zero-shot", "lora", "cola2"), seeds=2,
                 lrs=(5e-2, 1e-2), lr_select="task", out=str(out), progress=False)
     args.update(kw)
