@@ -112,6 +112,42 @@ def table(rows: list[dict], metric_name: str, baseline: str, lrs: dict) -> str:
     return "\n".join(lines)
 
 
+def loss_table(recs: dict[str, list[dict]], baseline: str) -> tuple[str, list[dict]]:
+    """Test loss (nats per completion token) per method, for a workload scored by exact match.
+
+    Exact match is all or nothing per key; where most methods sit near 0% it cannot order
+    them, the mean token loss on the same test items can. Columns: mean ± std over seeds,
+    the paired difference from ``baseline`` (negative = lower loss) with its t-test across
+    seeds, wins (seeds with a lower loss), and the share of the LoRA-same-rank -> full gap
+    in loss closed (the same formula as the metric's).
+    """
+    from scipy import stats
+
+    loss = {m: np.array([r["test_loss"] for r in rs]) for m, rs in recs.items() if all("test_loss" in r for r in rs)}
+    lines = [f"| method | test loss (mean ± std) | Δ vs {baseline} | paired t p | wins | gap to full closed |",
+             "|---|---|---|---|---|---|"]
+    rows = []
+    for m, v in loss.items():
+        row = {"method": m, "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+        if m != baseline and baseline in loss:
+            n = min(len(v), len(loss[baseline]))
+            d = v[:n] - loss[baseline][:n]
+            row.update(diff=float(d.mean()), wins=int((d < 0).sum()), n=n,
+                       t_p=float(stats.ttest_rel(v[:n], loss[baseline][:n]).pvalue) if n > 1 and np.ptp(d) > 0
+                       else float("nan"))
+        lora_r = f"lora-r{_rank_of(m)}"
+        if m.startswith(("cola", "relora")) and lora_r in loss and "full" in loss:
+            gap = loss["full"].mean() - loss[lora_r].mean()
+            row["gap_closed"] = float((v.mean() - loss[lora_r].mean()) / gap) if gap else None
+        rows.append(row)
+        gap = row.get("gap_closed")
+        lines.append(f"| {m} | {row['mean']:.3f} ± {row['std']:.3f} | "
+                     f"{format(row['diff'], '+.3f') if 'diff' in row else '-'} | {_fmt(row.get('t_p'), 3)} | "
+                     f"{str(row['wins']) + '/' + str(row['n']) if 'wins' in row else '-'} | "
+                     f"{'-' if gap is None else format(100 * gap, '.0f') + '%'} |")
+    return "\n".join(lines), rows
+
+
 def plot_curves(recs: dict[str, list[dict]], metric_name: str, path: Path) -> None:
     import matplotlib
 
@@ -145,7 +181,11 @@ def write_capacity_report(out: Path, baseline: str = "lora-r8") -> str:
     metric = record_metric(next(iter(recs.values()))[0])
     rows = method_rows(recs, baseline, cost)
     text = table(rows, metric.name.replace("_", " "), baseline, lrs) + "\n"
+    loss_rows = []
+    if metric.name != "loss":
+        losses, loss_rows = loss_table(recs, baseline)
+        text += "\nThe same runs, test loss (nats per completion token; lower is better):\n\n" + losses + "\n"
     (out / "table.md").write_text(text)
     plot_curves(recs, metric.name.replace("_", " "), out / "curves.png")
-    (out / "summary.json").write_text(json.dumps({"rows": rows, "lrs": lrs}, indent=1) + "\n")
+    (out / "summary.json").write_text(json.dumps({"rows": rows, "loss_rows": loss_rows, "lrs": lrs}, indent=1) + "\n")
     return text
