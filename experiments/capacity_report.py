@@ -53,10 +53,34 @@ def _bootstrap(a: list[dict], b: list[dict], scale: float, reps: int = 2000) -> 
     return float(np.percentile(out, 2.5)), float(np.percentile(out, 97.5))
 
 
-def method_rows(recs: dict[str, list[dict]], baseline: str, cost: dict) -> list[dict]:
-    """One summary dict per method (see the module docstring)."""
+def _vs_baseline(value: dict[str, np.ndarray], m: str, baseline: str, higher_is_better: bool) -> dict:
+    """Paired against ``baseline`` over the seeds both have: mean difference, t-test p (nan when
+    undefined), wins (seeds where ``m`` is better) and ``n``; ``{}`` for the baseline itself or without it."""
     from scipy import stats
 
+    if m == baseline or baseline not in value:
+        return {}
+    n = min(len(value[m]), len(value[baseline]))
+    a, b = value[m][:n], value[baseline][:n]
+    d = a - b
+    return {"diff": float(d.mean()), "n": n, "wins": int((d > 0).sum() if higher_is_better else (d < 0).sum()),
+            "t_p": float(stats.ttest_rel(a, b).pvalue) if n > 1 and np.ptp(d) > 0 else float("nan")}
+
+
+def _gap_closed(value: dict[str, np.ndarray], m: str) -> dict:
+    """``(m - LoRA at m's rank) / (full - LoRA at m's rank)`` for a chain (COLA, ReLoRA), with that LoRA's name;
+    ``{}`` where either run is missing."""
+    r = _rank_of(m)
+    lora_r = f"lora-r{r}"
+    if not (m.startswith(("cola", "relora")) and r is not None and lora_r in value and "full" in value):
+        return {}
+    gap = value["full"].mean() - value[lora_r].mean()
+    return {"gap_closed": float((value[m].mean() - value[lora_r].mean()) / gap) if gap else None,
+            "vs_lora_same_rank": lora_r}
+
+
+def method_rows(recs: dict[str, list[dict]], baseline: str, cost: dict) -> list[dict]:
+    """One summary dict per method (see the module docstring)."""
     metric = record_metric(next(iter(recs.values()))[0])
     scale = 100.0 if metric.percent else 1.0
     value = {m: np.array([scale * record_value(r, "test") for r in rs]) for m, rs in recs.items()}
@@ -72,20 +96,10 @@ def method_rows(recs: dict[str, list[dict]], baseline: str, cost: dict) -> list[
             row["rank_final"] = float(np.median([u[-1]["numerical_rank_median"] for u in ranks]))
             row["stable_final"] = float(np.median([u[-1]["stable_rank_median"] for u in ranks]))
             row["rank_growth"] = [u["numerical_rank_median"] for u in ranks[0]]
-        if m != baseline and baseline in recs:
-            n = min(len(rs), len(recs[baseline]))
-            d = value[m][:n] - value[baseline][:n]
-            row["diff"] = float(d.mean())
-            row["t_p"] = float(stats.ttest_rel(value[m][:n], value[baseline][:n]).pvalue) \
-                if n > 1 and np.ptp(d) > 0 else float("nan")
-            row["boot"] = _bootstrap(rs[:n], recs[baseline][:n], scale)
-            row["wins"] = int((d > 0).sum() if metric.higher_is_better else (d < 0).sum())
-        r = _rank_of(m)
-        lora_r = f"lora-r{r}"
-        if m.startswith(("cola", "relora")) and r is not None and lora_r in value and "full" in value:
-            gap = value["full"].mean() - value[lora_r].mean()
-            row["gap_closed"] = float((value[m].mean() - value[lora_r].mean()) / gap) if gap else None
-            row["vs_lora_same_rank"] = lora_r
+        row.update(_vs_baseline(value, m, baseline, metric.higher_is_better))
+        if "diff" in row:
+            row["boot"] = _bootstrap(rs[:row["n"]], recs[baseline][:row["n"]], scale)
+        row.update(_gap_closed(value, m))
         rows.append(row)
     return rows
 
@@ -121,24 +135,13 @@ def loss_table(recs: dict[str, list[dict]], baseline: str) -> tuple[str, list[di
     seeds, wins (seeds with a lower loss), and the share of the LoRA-same-rank -> full gap
     in loss closed (the same formula as the metric's).
     """
-    from scipy import stats
-
     loss = {m: np.array([r["test_loss"] for r in rs]) for m, rs in recs.items() if all("test_loss" in r for r in rs)}
     lines = [f"| method | test loss (mean ± std) | Δ vs {baseline} | paired t p | wins | gap to full closed |",
              "|---|---|---|---|---|---|"]
     rows = []
     for m, v in loss.items():
-        row = {"method": m, "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
-        if m != baseline and baseline in loss:
-            n = min(len(v), len(loss[baseline]))
-            d = v[:n] - loss[baseline][:n]
-            row.update(diff=float(d.mean()), wins=int((d < 0).sum()), n=n,
-                       t_p=float(stats.ttest_rel(v[:n], loss[baseline][:n]).pvalue) if n > 1 and np.ptp(d) > 0
-                       else float("nan"))
-        lora_r = f"lora-r{_rank_of(m)}"
-        if m.startswith(("cola", "relora")) and lora_r in loss and "full" in loss:
-            gap = loss["full"].mean() - loss[lora_r].mean()
-            row["gap_closed"] = float((v.mean() - loss[lora_r].mean()) / gap) if gap else None
+        row = {"method": m, "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+               **_vs_baseline(loss, m, baseline, higher_is_better=False), **_gap_closed(loss, m)}
         rows.append(row)
         gap = row.get("gap_closed")
         lines.append(f"| {m} | {row['mean']:.3f} ± {row['std']:.3f} | "
