@@ -61,6 +61,7 @@ __all__ = [
     "Run",
     "cell_threads",
     "choose_lrs",
+    "load_folder",
     "method_changes",
     "read_records",
     "report_folder",
@@ -281,12 +282,22 @@ def report_folder(out: str | os.PathLike) -> str | None:
     Raises:
         FileNotFoundError: ``out`` holds no ``grid.json``.
     """
+    grid, records, chosen = load_folder(out)
+    return None if chosen is None else write_report(grid, records, chosen)
+
+
+def load_folder(out: str | os.PathLike) -> tuple[GridConfig, list[dict], dict | None]:
+    """A grid folder's grid (``grid.json``), its records (``runs.jsonl``, the grid's fingerprint only, the
+    last line of a run id wins) and the LRs chosen (:func:`choose_lrs`; ``None`` while a search run is missing).
+
+    Raises:
+        FileNotFoundError: ``out`` holds no ``grid.json``.
+    """
     out = Path(out)
     saved = json.loads((out / "grid.json").read_text(encoding="utf-8"))
     grid = GridConfig.from_dict({**saved, "out": str(out)})
     records = list({r["run_id"]: r for r in read_records(out / "runs.jsonl", grid.fingerprint())}.values())
-    chosen = choose_lrs(grid, records)
-    return None if chosen is None else write_report(grid, records, chosen)
+    return grid, records, choose_lrs(grid, records)
 
 
 # ----------------------------------------------------------------------------- cells in parallel

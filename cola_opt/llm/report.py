@@ -33,7 +33,8 @@ from .lm_objective import task_metric
 from .methods import grid_method
 from .metrics import Metric, get_metric, record_items, record_value
 
-__all__ = ["TASK_NAMES", "cell_values", "method_label", "paired_tests", "plot_bars", "results_table", "write_report"]
+__all__ = ["TASK_NAMES", "cell_values", "mean_std", "method_label", "paired_tests", "plot_bars", "results_table",
+           "tests_table", "write_report"]
 
 TASK_NAMES = {"sst2": "SST-2", "rte": "RTE", "cb": "CB", "wic": "WiC", "wsc": "WSC", "boolq": "BoolQ",
               "multirc": "MultiRC"}
@@ -76,7 +77,7 @@ def cell_values(grid: GridConfig, records: list[dict], chosen: dict) -> dict:
     return cells
 
 
-def _fmt(values: list[float], seeds: int | None = None, digits: int = 1) -> str:
+def mean_std(values: list[float], seeds: int | None = None, digits: int = 1) -> str:
     """``mean ± std`` with ``digits`` decimals; ``(n=k)`` is added when only ``k`` of ``seeds`` seeds are there."""
     if not values:
         return "—"
@@ -103,8 +104,8 @@ def results_table(grid: GridConfig, records: list[dict], chosen: dict) -> str:
     rows = ["| method | " + " | ".join(head) + " | avg |", "|---" * (len(head) + 2) + "|"]
     majority = ("majority class",) if any(m == "majority class" for _, m in cells) else ()
     for m in (*majority, *grid.methods):
-        vals = [_fmt(list(cells.get((t, m), {}).values()), grid.seeds, digits) for t in grid.tasks]
-        avg = _fmt(list(_average(cells, grid.tasks, m).values()), grid.seeds, digits)
+        vals = [mean_std(list(cells.get((t, m), {}).values()), grid.seeds, digits) for t in grid.tasks]
+        avg = mean_std(list(_average(cells, grid.tasks, m).values()), grid.seeds, digits)
         rows.append(f"| {method_label(m, grid.base.rank)} | " + " | ".join(vals) + f" | {avg} |")
     return "\n".join(rows)
 
@@ -171,18 +172,19 @@ def paired_tests(grid: GridConfig, records: list[dict], chosen: dict, baseline: 
     return out
 
 
-def tests_table(tests: list[dict], rank: int = 8) -> str:
-    """Markdown rendering of :func:`paired_tests`."""
+def tests_table(tests: list[dict], rank: int = 8, extra: dict | None = None) -> str:
+    """Markdown rendering of :func:`paired_tests`; ``extra`` maps further column headers to a function
+    of a test's dict that gives the cell (the paper's stated gain, in ``experiments/paper_report.py``)."""
     metric = get_metric(tests[0].get("metric", "accuracy")) if tests else get_metric("accuracy")
-    unit, d = metric.unit, max(2, metric.digits)
+    unit, d, extra = metric.unit, max(2, metric.digits), extra or {}
     rows = [f"| method vs LoRA | task | diff ({unit}) | wins / ties / seeds | paired t-test p | bootstrap 95% CI | "
-            "bootstrap p |", "|---|---|---|---|---|---|---|"]
+            "bootstrap p |" + "".join(f" {h} |" for h in extra), "|---" * (7 + len(extra)) + "|"]
     for r in tests:
         t_p = "—" if math.isnan(r["t_p"]) else f"{r['t_p']:.3f}"
         rows.append(
             f"| {method_label(r['method'], rank)} | {TASK_NAMES.get(r['task'], r['task'])} | {r['diff']:+.{d}f} | "
             f"{r['wins']} / {r['ties']} / {r['n']} | {t_p} | [{r['boot_lo']:+.{d}f}, {r['boot_hi']:+.{d}f}] | "
-            f"{r['boot_p']:.3f} |"
+            f"{r['boot_p']:.3f} |" + "".join(f" {cell(r)} |" for cell in extra.values())
         )
     return "\n".join(rows)
 

@@ -1,0 +1,82 @@
+"""The cross-task report of the paper's protocol (experiments/paper_report.py), from grid folders alone.
+
+Synthetic records stand in for finished grids: RTE with 3 seeds of LoRA and COLA (2 links), CB with
+one seed missing, WSC with its LR search unfinished. Every figure checked is worked out here by hand.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+from paper_report import main, paper_report
+
+from cola_opt.atomic import atomic_save_json
+from cola_opt.llm.config import FinetuneConfig
+from cola_opt.llm.grid_plan import GridConfig
+
+LRS = (1e-3, 1e-4)
+# per method and seed: 0/1 correct on 4 test examples
+RTE = {"lora": [[1, 0, 0, 1], [1, 1, 0, 0], [0, 0, 1, 0]], "cola2": [[1, 1, 0, 1], [1, 1, 0, 0], [1, 0, 1, 1]]}
+
+
+def _folder(root, task, items, seeds=3, search_done=True):
+    grid = GridConfig(base=FinetuneConfig(model="smollm2-135m", task=task), tasks=(task,),
+                      methods=("zero-shot", "lora", "cola2"), seeds=seeds, lrs=LRS, lr_select="method",
+                      out=str(root / task), progress=False)
+    (root / task).mkdir(parents=True)
+    atomic_save_json({"fingerprint": grid.fingerprint(), **grid.to_dict()}, root / task / "grid.json")
+    lines = []
+
+    def rec(method, seed, lr, correct, dev):
+        run_id = f"{task}/{method}/s{seed}/lr{'-' if lr is None else format(lr, 'g')}"
+        lines.append({"run_id": run_id, "fingerprint": grid.fingerprint(), "task": task, "method": method,
+                      "seed": seed, "lr": lr, "error": None, "majority": 0.5, "counts": {"test": len(correct)},
+                      "dev_accuracy": dev, "test_accuracy": float(np.mean(correct)),
+                      "test_correct": "".join(map(str, correct))})
+
+    for m, per_seed in items.items():
+        if search_done:
+            rec(m, 0, LRS[1], [0] * 4, 0.1)  # the losing LR at seed 0
+        for s, correct in enumerate(per_seed):
+            rec(m, s, LRS[0], correct, 0.9)
+    for s in range(seeds):
+        rec("zero-shot", s, None, [0, 1, 0, 0], 0.25)
+    (root / task / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return grid
+
+
+def test_the_report_holds_the_hand_worked_figures(tmp_path):
+    _folder(tmp_path, "rte", RTE)
+    _folder(tmp_path, "cb", {m: v[:2] for m, v in RTE.items()})  # seed 2 not run yet
+    _folder(tmp_path, "wsc", {m: v[:1] for m, v in RTE.items()}, search_done=False)
+    text = paper_report(tmp_path)
+    assert (tmp_path / "report.md").read_text() == text
+
+    acc = {m: 100 * np.mean(v, axis=1) for m, v in RTE.items()}
+    lora, cola = acc["lora"], acc["cola2"]
+    row = next(line for line in text.splitlines() if line.startswith("| RTE | 4 |"))
+    assert f"| {lora.mean():.1f} ± {lora.std(ddof=1):.1f} [0.001] | {cola.mean():.1f} ± {cola.std(ddof=1):.1f} [0.001] |" in row
+    assert "| 9 of 9 | 50.0 ± 0.0 | 25.0 ± 0.0 |" in row
+    d, p = (cola - lora).mean(), stats.ttest_rel(cola, lora).pvalue
+    test = next(line for line in text.splitlines() if "| RTE |" in line and line.startswith("| COLA"))
+    wins, ties = int(((cola - lora) > 0).sum()), int(((cola - lora) == 0).sum())
+    assert (wins, ties) == (2, 1)  # seed 1 is a tie: not a win
+    assert f"| {d:+.2f} | {wins} / {ties} / 3 | {p:.3f} |" in test and test.endswith("| +1.66 | +3.61 |")
+
+    cb = next(line for line in text.splitlines() if line.startswith("| CB |"))
+    assert "(n=2)" in cb and "| 7 of 9 |" in cb  # zero-shot at 3 seeds, LoRA and COLA at 2
+    cb_test = next(line for line in text.splitlines() if "| CB |" in line and line.startswith("| COLA"))
+    assert "| 1 / 1 / 2 |" in cb_test and cb_test.endswith("| > 0 (no figure) | > 0 (no figure) |")
+    assert "- WSC: LR search 2 of 4 runs done; no row yet." in text
+
+
+def test_a_folder_without_grids_is_one_clear_error(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert f"no task folder with a grid.json under {tmp_path}" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        paper_report(tmp_path / "missing")
