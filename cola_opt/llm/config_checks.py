@@ -25,6 +25,7 @@ from .methods import Method, get_method
 from .models import check_model_name
 from .precision import resolve_autocast
 from .tasks import is_user_task, task_name
+from .tasks.user import UserData
 from .threads import check_threads
 
 # A FinetuneConfig (cola_opt.llm.config imports this module, so the type is not imported back).
@@ -34,9 +35,9 @@ __all__ = ["RESUME_MODES", "USER_TASK_OPTIONS", "check_chain_length", "validate_
 
 RESUME_MODES = ("auto", "require", "never")
 
-# the options of a user's data (docs/data.md), refused with a built-in task
-USER_TASK_OPTIONS = ("train_file", "dev_file", "test_file", "text_field", "prompt_field", "completion_field",
-                     "label_field", "template", "candidates", "label_prefix", "chat_template", "text_glob")
+# the options of a user's data (docs/data.md), refused with a built-in task: the fields of UserData, and the
+# chat template (a tokenizer setting of --task completion)
+USER_TASK_OPTIONS = (*(f.name for f in dataclasses.fields(UserData) if f.name != "task"), "chat_template")
 
 
 def check_chain_length(value) -> int:
