@@ -47,12 +47,17 @@ def paper_report(root: str | Path) -> str:
 
     Raises:
         FileNotFoundError: ``root`` holds no task folder with a ``grid.json``.
+        ValueError: a folder's grid has more than one task (the protocol runs one grid per task).
     """
     root = Path(root)
     folders = _task_folders(root) if root.is_dir() else []
     if not folders:
         raise FileNotFoundError(f"no task folder with a grid.json under {root}")
     loaded = [load_folder(f) for f in folders]
+    for folder, (grid, _, _) in zip(folders, loaded):
+        if len(grid.tasks) != 1:
+            raise ValueError(f"{folder} is a grid of tasks {list(grid.tasks)}: this report reads one task per folder "
+                             "(experiments/paper_protocol.sh writes them so)")
     methods = list(dict.fromkeys(m for grid, _, _ in loaded for m in grid.trained_methods))
     rank = loaded[0][0].base.rank
     acc = ["| task | test n | main runs done | majority class | zero-shot | "
@@ -70,9 +75,8 @@ def paper_report(root: str | Path) -> str:
         done = {r["run_id"] for r in records if r.get("error") is None}
         runs = main_runs(grid, chosen)
         test_n = next((r["counts"]["test"] for r in records if r.get("counts")), "?")
-        shown = [mean_std(list(cells.get((task, m), {}).values()), grid.seeds)
-                 + (f" [{chosen[(task, m)]:g}]" if (task, m) in chosen else "") if m in grid.methods else "—"
-                 for m in methods]
+        shown = [mean_std(list(cells.get((task, m), {}).values()), grid.seeds) + f" [{chosen[(task, m)]:g}]"
+                 if m in grid.methods else "—" for m in methods]
         acc.append(f"| {TASK_NAMES.get(task, task)} | {test_n} | {sum(r.run_id in done for r in runs)} of {len(runs)} | "
                    f"{mean_std(list(cells.get((task, 'majority class'), {}).values()))} | "
                    f"{mean_std(list(cells.get((task, 'zero-shot'), {}).values()))} | " + " | ".join(shown) + " |")
@@ -94,7 +98,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         print(paper_report(argv[0]), end="")
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"paper_report: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -80,3 +80,13 @@ def test_a_folder_without_grids_is_one_clear_error(tmp_path, capsys):
     assert f"no task folder with a grid.json under {tmp_path}" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         paper_report(tmp_path / "missing")
+
+
+def test_a_folder_of_a_multi_task_grid_is_refused_by_name(tmp_path, capsys):
+    grid = GridConfig(base=FinetuneConfig(model="smollm2-135m"), tasks=("rte", "cb"), methods=("lora",), seeds=1,
+                      lrs=(1e-3,), out=str(tmp_path / "both"), progress=False)
+    (tmp_path / "both").mkdir()
+    atomic_save_json({"fingerprint": grid.fingerprint(), **grid.to_dict()}, tmp_path / "both" / "grid.json")
+    assert main([str(tmp_path)]) == 2
+    assert f"{tmp_path / 'both'} is a grid of tasks ['rte', 'cb']" in capsys.readouterr().err
+    assert not (tmp_path / "report.md").exists()
