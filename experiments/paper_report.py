@@ -7,7 +7,9 @@ Reads ``ROOT/TASK/grid.json`` and ``runs.jsonl`` of every task folder under ``RO
 LRs chosen on dev, and each COLA-type method against LoRA (paired over seeds: the
 difference, wins, the paired t-test and the paired bootstrap of
 :func:`cola_opt.llm.report.paired_tests`) next to the gain the paper states for that task.
-A task whose LR search is not finished is listed with its count of finished runs.
+A task whose LR search is not finished is listed with its count of finished runs; an LR search
+whose every run is at or below the dev majority class is named
+(:func:`cola_opt.llm.report.blind_lr_choices`).
 
     python experiments/paper_report.py runs/paper
 """
@@ -20,7 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cola_opt.atomic import atomic_write
 from cola_opt.llm.grid import load_folder
 from cola_opt.llm.grid_plan import main_runs, search_runs
-from cola_opt.llm.report import TASK_NAMES, cell_values, mean_std, method_label, paired_tests, tests_table
+from cola_opt.llm.report import (
+    TASK_NAMES,
+    blind_lr_choices,
+    cell_values,
+    mean_std,
+    method_label,
+    paired_tests,
+    tests_table,
+)
+from cola_opt.llm.tasks import dev_cap, get_task, sample_splits
 
 # COLA - LoRA in test accuracy points, as the paper states them (arXiv 2401.04151; ../shared/DESIGN.md).
 # The paper gives no other per-task figure in its text; it states that COLA beats LoRA on every task.
@@ -40,6 +51,29 @@ def _paper_gain(model: str):
         gain = PAPER_GAINS.get(test["task"], {}).get(model)
         return "> 0 (no figure)" if gain is None else f"{gain:+.2f}"
     return cell
+
+
+def _with_dev_majority(grid, records: list[dict]) -> list[dict]:
+    """The records, each seed-0 one without ``dev_majority`` (written before it was recorded) given it from a
+    redraw of its examples (the draw is a function of task and seed); a record stays without it when the
+    data is not under ``grid.base.data_dir`` or the redraw's fingerprint is not the record's."""
+    draws = {}
+    out = []
+    for rec in records:
+        if "dev_majority" not in rec and rec.get("seed") == 0 and rec.get("data_fingerprint"):
+            task = rec["task"]
+            if task not in draws:
+                b = grid.base
+                try:
+                    draws[task] = sample_splits(get_task(task), seed=0, n_train=b.n_train,
+                                                n_dev=min(b.n_dev, dev_cap(task)), n_test=b.n_test, data_dir=b.data_dir)
+                except FileNotFoundError:
+                    draws[task] = None
+            splits = draws[task]
+            if splits is not None and splits.fingerprint() == rec["data_fingerprint"]:
+                rec = {**rec, "dev_majority": splits.majority_accuracy("dev")}
+        out.append(rec)
+    return out
 
 
 def paper_report(root: str | Path) -> str:
@@ -62,9 +96,10 @@ def paper_report(root: str | Path) -> str:
     rank = loaded[0][0].base.rank
     acc = ["| task | test n | main runs done | majority class | zero-shot | "
            + " | ".join(method_label(m, rank) for m in methods) + " |", "|---" * (5 + len(methods)) + "|"]
-    tests, pending = [], []
+    tests, pending, blind = [], [], []
     for grid, records, chosen in loaded:
         task = grid.tasks[0]
+        blind += blind_lr_choices(grid, _with_dev_majority(grid, records))
         if chosen is None:
             ids = {r["run_id"] for r in records}
             search = search_runs(grid)
@@ -86,7 +121,8 @@ def paper_report(root: str | Path) -> str:
         "Test accuracy (%), mean ± std over the seeds done (`(n=k)`: k seeds so far); [the LR chosen on dev at seed 0].",
         "\n".join(acc),
         "COLA-type methods against LoRA (same seed = same data draw), beside the paper's stated gain of COLA over LoRA:",
-        tests_table(tests, rank, extra) if tests else "(no COLA-vs-LoRA pairs yet)", *pending]) + "\n"
+        tests_table(tests, rank, extra) if tests else "(no COLA-vs-LoRA pairs yet)", *pending,
+        *(["LR searches that learned nothing measurable on dev (seed 0):", "\n".join(blind)] if blind else [])]) + "\n"
     atomic_write(root / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return text
 

@@ -16,6 +16,7 @@ from cola_opt.llm.cli import main
 from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.grid import GridConfig, Run, choose_lrs, method_changes, read_records, run_grid
 from cola_opt.llm.report import paired_tests, results_table
+from cola_opt.llm.tasks import get_task, sample_splits
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = ("train_seconds", "wall_seconds", "step_seconds_median")
@@ -95,6 +96,8 @@ def test_partial_last_line_is_dropped_and_rerun(tiny_model_dir, fixtures_dir, tm
     again = run_grid(grid)
     assert [_strip(r) for r in again] == [_strip(r) for r in first]
     assert jsonl.read_bytes().count(b"\n") == len(first) == 4
+    draw = sample_splits(get_task("boolq"), seed=0, n_train=8, n_dev=3, n_test=100, data_dir=fixtures_dir)
+    assert {r["dev_majority"] for r in first if r["task"] == "boolq"} == {draw.majority_accuracy("dev")}
 
 
 def test_changed_settings_do_not_reuse_old_runs(tiny_model_dir, fixtures_dir, tmp_path):

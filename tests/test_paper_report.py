@@ -18,14 +18,17 @@ from paper_report import main, paper_report
 from cola_opt.atomic import atomic_save_json
 from cola_opt.llm.config import FinetuneConfig
 from cola_opt.llm.grid_plan import GridConfig
+from cola_opt.llm.tasks import get_task, sample_splits
 
 LRS = (1e-3, 1e-4)
 # per method and seed: 0/1 correct on 4 test examples
 RTE = {"lora": [[1, 0, 0, 1], [1, 1, 0, 0], [0, 0, 1, 0]], "cola2": [[1, 1, 0, 1], [1, 1, 0, 0], [1, 0, 1, 1]]}
 
 
-def _folder(root, task, items, seeds=3, search_done=True):
-    grid = GridConfig(base=FinetuneConfig(model="smollm2-135m", task=task), tasks=(task,),
+def _folder(root, task, items, seeds=3, search_done=True, search_dev=0.1, main_dev=0.9, base=None, **fields):
+    """A grid folder of ``task``; ``fields`` go into every record (``dev_majority``, ``data_fingerprint``)."""
+    base = base or FinetuneConfig(model="smollm2-135m", task=task)
+    grid = GridConfig(base=base, tasks=(task,),
                       methods=("zero-shot", "lora", "cola2"), seeds=seeds, lrs=LRS, lr_select="method",
                       out=str(root / task), progress=False)
     (root / task).mkdir(parents=True)
@@ -37,13 +40,13 @@ def _folder(root, task, items, seeds=3, search_done=True):
         lines.append({"run_id": run_id, "fingerprint": grid.fingerprint(), "task": task, "method": method,
                       "seed": seed, "lr": lr, "error": None, "majority": 0.5, "counts": {"test": len(correct)},
                       "dev_accuracy": dev, "test_accuracy": float(np.mean(correct)),
-                      "test_correct": "".join(map(str, correct))})
+                      "test_correct": "".join(map(str, correct)), **fields})
 
     for m, per_seed in items.items():
         if search_done:
-            rec(m, 0, LRS[1], [0] * 4, 0.1)  # the losing LR at seed 0
+            rec(m, 0, LRS[1], [0] * 4, search_dev)  # the losing LR at seed 0
         for s, correct in enumerate(per_seed):
-            rec(m, s, LRS[0], correct, 0.9)
+            rec(m, s, LRS[0], correct, main_dev)
     for s in range(seeds):
         rec("zero-shot", s, None, [0, 1, 0, 0], 0.25)
     (root / task / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
@@ -90,3 +93,28 @@ def test_a_folder_of_a_multi_task_grid_is_refused_by_name(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert f"{tmp_path / 'both'} is a grid of tasks ['rte', 'cb']" in capsys.readouterr().err
     assert not (tmp_path / "report.md").exists()
+
+
+def test_an_lr_search_that_learned_nothing_on_dev_is_named(tmp_path, fixtures_dir):
+    # BoolQ: records written before dev_majority was recorded get it from a redraw of seed 0's examples
+    base = FinetuneConfig(model="smollm2-135m", task="boolq", data_dir=str(fixtures_dir), n_train=6, n_dev=4, n_test=4)
+    splits = sample_splits(get_task("boolq"), seed=0, n_train=6, n_dev=4, n_test=4, data_dir=fixtures_dir)
+    dev_majority = splits.majority_accuracy("dev")
+    labels = [e.label for e in splits.train]
+    top = max(set(labels), key=labels.count)
+    assert dev_majority == np.mean([e.label == top for e in splits.dev])  # worked out here, not by the method
+    dev = dev_majority  # every LR's dev accuracy at the majority: nothing learned
+    _folder(tmp_path, "boolq", RTE, search_dev=dev, main_dev=dev, base=base, data_fingerprint=splits.fingerprint())
+    assert "dev_majority" not in (tmp_path / "boolq" / "runs.jsonl").read_text()
+    _folder(tmp_path, "rte", RTE, dev_majority=0.5)  # best dev 0.9 > 0.5: learned; not named
+    _folder(tmp_path, "cb", RTE, dev_majority=0.95)  # best dev 0.9 <= 0.95: named
+    # no dev_majority, and the redraw is of other examples than the record's: not judged, however low its dev
+    _folder(tmp_path, "multirc", RTE, search_dev=0.0, main_dev=0.0, base=base.replace(task="multirc"),
+            data_fingerprint="0" * 16)
+    text = paper_report(tmp_path)
+    blind = text.split("LR searches that learned nothing measurable on dev (seed 0):")[1].strip().splitlines()
+    assert blind == [
+        f"- {task}, {label}: every LR's dev accuracy (best {best:.1f}%) is at or below the dev majority class "
+        f"({major:.1f}%); the LR was chosen among runs that learned nothing measurable on dev."
+        for task, best, major in (("CB", 90.0, 95.0), ("BoolQ", 100 * dev, 100 * dev_majority))
+        for label in ("LoRA", "COLA (2 links)")]

@@ -145,6 +145,18 @@ def test_boolq_fixture(fixtures_dir):
         task.example({**train[0], "label": "yes"})
 
 
+def test_majority_class_on_test_and_dev(fixtures_dir):
+    splits = sample_splits(get_task("boolq"), seed=1, n_train=5, n_dev=4, n_test=5, data_dir=fixtures_dir)
+    train = [e.label for e in splits.train]
+    top = 1 if sum(train) > len(train) / 2 else 0  # 5 training labels: no tie
+    assert splits.majority_accuracy() == sum(e.label == top for e in splits.test) / 5
+    assert splits.majority_accuracy("dev") == sum(e.label == top for e in splits.dev) / 4
+    with pytest.raises(ValueError, match="split 'train' must be 'test' or 'dev'"):
+        splits.majority_accuracy("train")
+    no_dev = sample_splits(get_task("boolq"), seed=1, n_train=5, n_dev=0, n_test=5, data_dir=fixtures_dir)
+    assert no_dev.majority_accuracy("dev") is None
+
+
 def test_multirc_fixture_is_one_example_per_answer(fixtures_dir):
     task = get_task("multirc")
     train, val = read_split(task, "train", fixtures_dir), read_split(task, "val", fixtures_dir)

@@ -110,7 +110,8 @@ def _append(path: Path, rec: dict) -> None:
 def _record(grid: GridConfig, run: Run, cfg: FinetuneConfig, splits: Splits, res: dict | None, err: str | None) -> dict:
     """The ``runs.jsonl`` line of one run (``res`` is ``None`` for a run whose loss became non-finite)."""
     rec = {"run_id": run.run_id, "fingerprint": grid.fingerprint(), "data_fingerprint": splits.fingerprint(),
-           **dataclasses.asdict(run), "majority": splits.majority_accuracy(), "counts": splits.counts, "error": err}
+           **dataclasses.asdict(run), "majority": splits.majority_accuracy(),
+           "dev_majority": splits.majority_accuracy("dev"), "counts": splits.counts, "error": err}
     if res is None:
         return {**rec, "dev_accuracy": None, "test_accuracy": None, "test_correct": None}
     loss = res["train_loss"]

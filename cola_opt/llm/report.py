@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_save_json, atomic_write
-from .grid_plan import GridConfig, main_runs
+from .grid_plan import GridConfig, main_runs, search_runs
 from .lm_objective import task_metric
 from .methods import grid_method
 from .metrics import Metric, get_metric, record_items, record_value
 
-__all__ = ["TASK_NAMES", "cell_values", "mean_std", "method_label", "paired_tests", "plot_bars", "results_table",
+__all__ = ["TASK_NAMES", "blind_lr_choices", "cell_values", "mean_std", "method_label", "paired_tests", "plot_bars", "results_table",
            "tests_table", "write_report"]
 
 TASK_NAMES = {"sst2": "SST-2", "rte": "RTE", "cb": "CB", "wic": "WiC", "wsc": "WSC", "boolq": "BoolQ",
@@ -242,6 +242,32 @@ def lr_table(grid: GridConfig, chosen: dict) -> str:
     return "\n".join(rows)
 
 
+def blind_lr_choices(grid: GridConfig, records: list[dict]) -> list[str]:
+    """One line per (task, judging method) whose LR search learned nothing measurable on dev.
+
+    A search is blind when every one of its seed-0 runs has a dev accuracy at or below
+    the dev majority class (``dev_majority`` of the record: the dev accuracy of always
+    answering the most frequent training label): the LR it chose is then a choice among
+    runs that did not learn. Searches of a metric other than accuracy, and records
+    without ``dev_majority`` (written before it was recorded), are not judged.
+    """
+    by_id = {r["run_id"]: r for r in records}
+    lines = []
+    searches: dict[tuple[str, str], list[dict]] = {}
+    for run in search_runs(grid):
+        searches.setdefault((run.task, run.method), []).append(by_id.get(run.run_id))
+    for (task, method), recs in searches.items():
+        if any(r is None or r.get("dev_accuracy") is None or r.get("dev_majority") is None for r in recs):
+            continue
+        best = max(r["dev_accuracy"] for r in recs)
+        if best <= recs[0]["dev_majority"]:
+            lines.append(f"- {TASK_NAMES.get(task, task)}, {method_label(method, grid.base.rank)}: every LR's dev "
+                         f"accuracy (best {100 * best:.1f}%) is at or below the dev majority class "
+                         f"({100 * recs[0]['dev_majority']:.1f}%); the LR was chosen among runs that learned nothing "
+                         "measurable on dev.")
+    return lines
+
+
 def write_report(grid: GridConfig, records: list[dict], chosen: dict, seconds: float | None = None) -> str:
     """Write ``table.md`` (results, paired tests, LRs), ``plot.png`` and ``summary.json`` into ``grid.out``.
 
@@ -257,6 +283,7 @@ def write_report(grid: GridConfig, records: list[dict], chosen: dict, seconds: f
         tests_table(tests, grid.base.rank) if tests else "(no COLA-vs-LoRA pairs)",
         "Learning rate per task and method" + (" (chosen on dev at seed 0):" if any(len(grid.lrs_of(m)) > 1 for m in grid.methods) else ":"),
         lr_table(grid, chosen),
+        *blind_lr_choices(grid, records),
     ]) + "\n"
     atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     plot_bars(grid, records, chosen, out / "plot.png")

@@ -138,16 +138,24 @@ class Splits:
                         for e in getattr(self, name)] for name in ("train", "dev", "test")}
         return hashlib.sha1(json.dumps(drawn, ensure_ascii=False).encode()).hexdigest()[:16]
 
-    def majority_accuracy(self) -> float | None:
-        """Test accuracy of always answering the most frequent training label, in [0, 1]; ``None`` without labels.
+    def majority_accuracy(self, split: str = "test") -> float | None:
+        """Accuracy on ``split`` (``"test"`` or ``"dev"``) of always answering the most frequent training label.
 
-        Examples without a label (a language-modelling task's documents and completions) have no majority class.
+        Returns:
+            a fraction in [0, 1]; ``None`` when ``split`` or train is empty, or for examples
+            without a label (a language-modelling task's documents and completions).
+
+        Raises:
+            ValueError: ``split`` is neither ``"test"`` nor ``"dev"``.
         """
-        if not all(isinstance(e, Example) for e in (*self.train, *self.test)):
+        if split not in ("test", "dev"):
+            raise ValueError(f"split {split!r} must be 'test' or 'dev'")
+        scored = getattr(self, split)
+        if not scored or not self.train or not all(isinstance(e, Example) for e in (*self.train, *scored)):
             return None
         labels = [e.label for e in self.train]
         top = max(set(labels), key=labels.count)
-        return sum(e.label == top for e in self.test) / len(self.test)
+        return sum(e.label == top for e in scored) / len(scored)
 
 
 def sample_splits(
