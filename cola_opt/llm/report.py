@@ -33,8 +33,8 @@ from .lm_objective import task_metric
 from .methods import grid_method
 from .metrics import Metric, get_metric, record_items, record_value
 
-__all__ = ["TASK_NAMES", "blind_lr_choices", "cell_values", "mean_std", "method_label", "paired_tests", "plot_bars", "results_table",
-           "tests_table", "write_report"]
+__all__ = ["TASK_NAMES", "blind_lr_choices", "cell_values", "mean_std", "method_label", "paired_tests", "plot_bars",
+           "results_table", "tests_table", "write_report"]
 
 TASK_NAMES = {"sst2": "SST-2", "rte": "RTE", "cb": "CB", "wic": "WiC", "wsc": "WSC", "boolq": "BoolQ",
               "multirc": "MultiRC"}
