@@ -4,6 +4,7 @@ Each test spawns 2 CPU processes (torch.multiprocessing) and compares them with 
 single-process run of the same global batches. About 10-20 s each on 2 cores.
 """
 
+import datetime
 import os
 import socket
 
@@ -57,9 +58,10 @@ def _single_process_run():
 
 
 def _worker(rank, world, port, mode, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a collective that waits 120 s is an error here (the default, 30 min, lets a stuck rank stall the suite)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     try:
         model = _peft_model()
         if mode == "ddp":
