@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cola_opt.atomic import atomic_write
-from cola_opt.llm.grid import load_folder
+from cola_opt.llm.grid import GridDraws, load_folder
 from cola_opt.llm.grid_plan import main_runs, search_runs
 from cola_opt.llm.report import (
     TASK_NAMES,
@@ -31,7 +31,6 @@ from cola_opt.llm.report import (
     paired_tests,
     tests_table,
 )
-from cola_opt.llm.tasks import dev_cap, get_task, sample_splits
 
 # COLA - LoRA in test accuracy points, as the paper states them (arXiv 2401.04151; ../shared/DESIGN.md).
 # The paper gives no other per-task figure in its text; it states that COLA beats LoRA on every task.
@@ -57,19 +56,14 @@ def _with_dev_majority(grid, records: list[dict]) -> list[dict]:
     """The records, each seed-0 one without ``dev_majority`` (written before it was recorded) given it from a
     redraw of its examples (the draw is a function of task and seed); a record stays without it when the
     data is not under ``grid.base.data_dir`` or the redraw's fingerprint is not the record's."""
-    draws = {}
+    draws = GridDraws(grid.base)
     out = []
     for rec in records:
         if "dev_majority" not in rec and rec.get("seed") == 0 and rec.get("data_fingerprint"):
-            task = rec["task"]
-            if task not in draws:
-                b = grid.base
-                try:
-                    draws[task] = sample_splits(get_task(task), seed=0, n_train=b.n_train,
-                                                n_dev=min(b.n_dev, dev_cap(task)), n_test=b.n_test, data_dir=b.data_dir)
-                except FileNotFoundError:
-                    draws[task] = None
-            splits = draws[task]
+            try:
+                splits = draws(rec["task"], 0)
+            except FileNotFoundError:
+                splits = None
             if splits is not None and splits.fingerprint() == rec["data_fingerprint"]:
                 rec = {**rec, "dev_majority": splits.majority_accuracy("dev")}
         out.append(rec)

@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_METHODS",
     "PAPER_LRS",
     "GridConfig",
+    "GridDraws",
     "Run",
     "cell_threads",
     "choose_lrs",
@@ -148,8 +149,11 @@ def _record(grid: GridConfig, run: Run, cfg: FinetuneConfig, splits: Splits, res
 OFFICIAL_METRICS = ("f1a", "exact_match", "questions")  # what cola_opt.llm.tasks.task_metrics may add
 
 
-class _Draws:
-    """Each (task, seed)'s examples, drawn once (MeZO sampling; ``n_dev`` capped per task)."""
+class GridDraws:
+    """Each (task, seed)'s examples, drawn once (MeZO sampling; ``n_dev`` capped per task): ``draws(task, seed)``.
+
+    Raises (on a call): ValueError, FileNotFoundError from :func:`cola_opt.llm.plan.draw` (bad task or data).
+    """
 
     def __init__(self, base: FinetuneConfig) -> None:
         self.base, self.splits = base, {}
@@ -178,7 +182,7 @@ def run_grid(grid: GridConfig) -> list[dict]:
         cola_opt.llm.models.ModelLoadError: the model cannot be loaded.
     """
     grid.validate()
-    data = _Draws(grid.base)
+    data = GridDraws(grid.base)
     for t in grid.tasks:  # check every cell's data, plan and LoRA targets; train none, write nothing
         for m in grid.methods:
             preflight(run_config(grid, Run(t, m, 0, grid.lrs[0]), data(t, 0)), data(t, 0))
@@ -195,7 +199,7 @@ def run_grid(grid: GridConfig) -> list[dict]:
         return ordered
 
 
-def _same_data(grid: GridConfig, rec: dict, data: _Draws) -> bool:
+def _same_data(grid: GridConfig, rec: dict, data: GridDraws) -> bool:
     """Whether a record is of a cell of ``grid`` and was run on the examples that cell draws now."""
     task, seed = rec.get("task"), rec.get("seed")
     if task not in grid.tasks or not isinstance(seed, int) or not 0 <= seed < grid.seeds:
@@ -206,7 +210,7 @@ def _same_data(grid: GridConfig, rec: dict, data: _Draws) -> bool:
 class _GridProgress:
     """The runs still to do, run one by one (or ``grid.jobs`` at once), each line appended as it finishes; the bar."""
 
-    def __init__(self, grid: GridConfig, path: Path, data: _Draws, done: dict[str, dict]) -> None:
+    def __init__(self, grid: GridConfig, path: Path, data: GridDraws, done: dict[str, dict]) -> None:
         self.grid, self.path, self.data, self.done = grid, path, data, done
         self.pool: _CellPool | None = None
         self.chosen: dict | None = None  # the LRs, once the search is done: the table is rewritten after each run
