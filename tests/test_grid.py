@@ -19,7 +19,7 @@ from cola_opt.llm.report import paired_tests, results_table
 from cola_opt.llm.tasks import get_task, sample_splits
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING = ("train_seconds", "wall_seconds", "step_seconds_median")
+TIMING = ("train_seconds", "train_cpu_seconds", "wall_seconds", "step_seconds_median")
 
 
 def _grid_args(model_dir, data_dir):
@@ -98,6 +98,8 @@ def test_partial_last_line_is_dropped_and_rerun(tiny_model_dir, fixtures_dir, tm
     assert jsonl.read_bytes().count(b"\n") == len(first) == 4
     draw = sample_splits(get_task("boolq"), seed=0, n_train=8, n_dev=3, n_test=100, data_dir=fixtures_dir)
     assert {r["dev_majority"] for r in first if r["task"] == "boolq"} == {draw.majority_accuracy("dev")}
+    cpu = {r["method"]: r["train_cpu_seconds"] for r in first}  # this process's CPU time, not wall time
+    assert cpu["zero-shot"] == 0.0 and cpu["lora"] > 0.0
 
 
 def test_changed_settings_do_not_reuse_old_runs(tiny_model_dir, fixtures_dir, tmp_path):

@@ -136,6 +136,7 @@ def _record(grid: GridConfig, run: Run, cfg: FinetuneConfig, splits: Splits, res
         train_loss_first=sum(loss[:tenth]) / tenth if loss else None,
         train_loss_last=sum(loss[-tenth:]) / tenth if loss else None,
         train_seconds=res["train_seconds"],
+        train_cpu_seconds=res.get("train_cpu_seconds"),  # this process only: a paused run's wall time overstates
         wall_seconds=res["wall_seconds"],
         trainable_parameters=res.get("trainable_parameters"),
         step_seconds_median=float(np.median(res["step_seconds"])) if res.get("step_seconds") else None,
