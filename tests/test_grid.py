@@ -351,3 +351,31 @@ def test_report_folder_tabulates_a_stopped_grid_and_the_grid_tables_as_it_goes(t
     (tmp_path / "runs.jsonl").write_text("".join(lines[:-1]))  # stopped before its last run (lora, seed 1)
     partial = report_folder(tmp_path)
     assert "(n=1)" in partial and partial != full_table and (tmp_path / "table.md").read_text() == partial
+
+
+def test_a_grid_run_killed_mid_run_resumes_from_its_checkpoint(tiny_model_dir, fixtures_dir, tmp_path, monkeypatch):
+    """With checkpoint_every, a grid run killed after a checkpoint continues from it: the record of one clean run."""
+    from cola_opt.llm.resume import RunCheckpoints
+
+    kw = dict(tasks=("boolq",), methods=("cola2",), seeds=1, lrs=(1e-2,))
+    clean = run_grid(_grid(tiny_model_dir, fixtures_dir, tmp_path / "clean", **kw))
+    grid = _grid(tiny_model_dir, fixtures_dir, tmp_path / "killed", **kw)
+    grid.base = grid.base.replace(checkpoint_every=3)
+    save = RunCheckpoints.save
+
+    def save_then_die(self, *a, **k):
+        path = save(self, *a, **k)
+        if self.chain.step_count == 6:  # after the knot at step 4 of 8
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(RunCheckpoints, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(grid)
+    assert not (tmp_path / "killed" / "runs.jsonl").exists()
+    monkeypatch.setattr(RunCheckpoints, "save", save)
+    again = run_grid(grid)
+    assert [_strip(r) for r in again] == [_strip(r) for r in clean] and again[0]["knot_steps"] == [4]
+    results = json.loads(next((tmp_path / "killed" / "runs").rglob("results.json")).read_text())
+    assert results["resumed_from"] == [6]
+    assert not list((tmp_path / "killed" / "runs").rglob("checkpoint"))  # removed once the run finished
