@@ -2,7 +2,7 @@
 
 For each task, in a fresh process (so that the peak is that task's alone): the
 benchmarks' LoRA run (:func:`_product.run_config`, MeZO's draw of ``--n-train``, batch 8,
-``--autocast auto``), one epoch of its bucketed batch order, and optimizer steps on the
+``--autocast auto``, ``--max-length``), one epoch of its bucketed batch order, and optimizer steps on the
 ``--steps`` batches with the most padded tokens (the longest bucket: the peak of a whole
 run). Reported per task: the resident set after loading and encoding, its peak after the
 steps (``ru_maxrss``, GB), the longest micro-batch (tokens), and the median step.
@@ -35,7 +35,7 @@ def rss_peak_gb() -> float:
 def one_task(task: str, args) -> dict:
     """Build ``task``'s run, step its longest batches, and return the figures (this process only)."""
     torch.set_num_threads(args.threads)
-    run = build_run(run_config(task, n_train=args.n_train, data_dir=args.data_dir))
+    run = build_run(run_config(task, n_train=args.n_train, data_dir=args.data_dir).replace(max_length=args.max_length))
     built = rss_peak_gb()
     lengths = run.lengths
     epoch = list(islice(run.batches(True), len(run.items) // run.cfg.batch_size))
@@ -52,6 +52,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks", default="sst2,rte,multirc", help="comma separated")
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--n-train", type=int, default=1000)
+    parser.add_argument("--max-length", type=int, default=1024, help="tokens (the paper protocol's 1024)")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps on the longest batches")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default="", help="write the figures here")
@@ -63,7 +64,7 @@ def main(argv=None) -> None:
     t0, rows = time.perf_counter(), []
     for task in args.tasks.split(","):
         child = [sys.executable, __file__, "--one", task, "--data-dir", args.data_dir, "--n-train", str(args.n_train),
-                 "--steps", str(args.steps), "--threads", str(args.threads)]
+                 "--max-length", str(args.max_length), "--steps", str(args.steps), "--threads", str(args.threads)]
         out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     print("| task | longest batch (tokens) | RSS after loading (GB) | peak RSS (GB) | median step (s) |")
@@ -71,7 +72,7 @@ def main(argv=None) -> None:
     for r in rows:
         print(f"| {r['task']} | {r['longest_batch_tokens']} | {r['rss_built_gb']:.2f} | {r['rss_peak_gb']:.2f} "
               f"| {r['step_seconds_median']:.1f} |")
-    write_json(args.json, {"rows": rows, "threads": args.threads, "n_train": args.n_train,
+    write_json(args.json, {"rows": rows, "threads": args.threads, "n_train": args.n_train, "max_length": args.max_length,
                            "seconds": time.perf_counter() - t0})
 
 
