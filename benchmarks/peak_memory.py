@@ -65,8 +65,10 @@ def main(argv=None) -> None:
     for task in args.tasks.split(","):
         child = [sys.executable, __file__, "--one", task, "--data-dir", args.data_dir, "--n-train", str(args.n_train),
                  "--max-length", str(args.max_length), "--steps", str(args.steps), "--threads", str(args.threads)]
-        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        done = subprocess.run(child, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"peak_memory: task {task!r} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print("| task | longest batch (tokens) | RSS after loading (GB) | peak RSS (GB) | median step (s) |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -100,6 +100,8 @@ def test_partial_last_line_is_dropped_and_rerun(tiny_model_dir, fixtures_dir, tm
     assert {r["dev_majority"] for r in first if r["task"] == "boolq"} == {draw.majority_accuracy("dev")}
     cpu = {r["method"]: r["train_cpu_seconds"] for r in first}  # this process's CPU time, not wall time
     assert cpu["zero-shot"] == 0.0 and cpu["lora"] > 0.0
+    summary = json.loads((tmp_path / "summary.json").read_text())  # of the second call, which reran the last run
+    assert summary["sum_train_cpu_seconds"] == pytest.approx(sum(r["train_cpu_seconds"] for r in again))
 
 
 def test_changed_settings_do_not_reuse_old_runs(tiny_model_dir, fixtures_dir, tmp_path):

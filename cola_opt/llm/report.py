@@ -289,7 +289,8 @@ def write_report(grid: GridConfig, records: list[dict], chosen: dict, seconds: f
     plot_bars(grid, records, chosen, out / "plot.png")
     train_s = sum(r.get("train_seconds") or 0 for r in records)
     wall_s = sum(r.get("wall_seconds") or 0 for r in records)
-    cpu_s = sum(r.get("train_cpu_seconds") or 0 for r in records)
+    cpus = [r.get("train_cpu_seconds") for r in records]  # None: written before it was recorded, or a failed run
+    cpu_s = None if None in cpus else sum(cpus)  # a partial sum would understate the cost without saying so
     summary = {"table": text, "tests": tests, "lrs": {f"{t}/{m}": lr for (t, m), lr in chosen.items()},
                "runs": len(records), "sum_train_seconds": train_s, "sum_train_cpu_seconds": cpu_s,
                "sum_run_wall_seconds": wall_s,
